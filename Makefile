@@ -1,0 +1,22 @@
+# One command sets everything up and runs the tests: `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of this version is on the build machines' disk; an unpinned torch can pull a multi-GB CUDA build.
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install test clean
+
+$(VENV)/.installed: pyproject.toml $(wildcard setup.py) $(wildcard chatglm_tui/model/kernels/*.c)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info chatglm_tui/model/kernels/*.so

@@ -1,0 +1,105 @@
+"""Prefill and token-by-token decoding: small functions, no threads, no UI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from chatglm_tui.errors import ContextOverflowError, GenerationError
+from chatglm_tui.model.kv_cache import KVCache
+from chatglm_tui.model.modeling import ChatGLMForCausalLM, LayerCallback
+from chatglm_tui.model.sampling import GenerationParams, TokenSampler
+
+FinishReason = Literal["eos", "length"]
+
+
+def prompt_layout(ids: Sequence[int], model: ChatGLMForCausalLM) -> tuple[int, int]:
+    """(context_length, mask_position) of a token sequence, found as the original finds them.
+
+    context_length is the index of the first `<sop>`; mask_position that of the first `[gMASK]`, or of `[MASK]`
+    when there is no `[gMASK]`.
+    """
+    config = model.config
+    ids = list(ids)
+    if config.bos_token_id not in ids or (config.gmask_token_id not in ids and config.mask_token_id not in ids):
+        raise GenerationError("token ids must contain [gMASK] (or [MASK]) and <sop>: build them with "
+                              "tokenizer.encode(text), which appends [gMASK] <sop>")
+    mask_id = config.gmask_token_id if config.gmask_token_id in ids else config.mask_token_id
+    return ids.index(config.bos_token_id), ids.index(mask_id)
+
+
+def position_ids(start: int, end: int, context_length: int, mask_position: int, device: torch.device) -> Tensor:
+    """2-D position ids (1, 2, end-start) of absolute indices [start, end).
+
+    Row 0 counts up through the context, then stays at the mask position; row 1 is 0 in the context, then
+    1, 2, ... from `<sop>` on.
+    """
+    index = torch.arange(start, end, device=device)
+    in_context = index < context_length
+    pos = torch.where(in_context, index, torch.full_like(index, mask_position))
+    block = torch.where(in_context, torch.zeros_like(index), index - context_length + 1)
+    return torch.stack((pos, block))[None]
+
+
+def full_logits(model: ChatGLMForCausalLM, ids: Sequence[int]) -> Tensor:
+    """Logits (len(ids), V) float32 of one forward pass over `ids` (no cache)."""
+    context_length, mask_position = prompt_layout(ids, model)
+    device = model.transformer.word_embeddings.weight.device
+    input_ids = torch.tensor([list(ids)], dtype=torch.long, device=device)
+    pos = position_ids(0, len(ids), context_length, mask_position, device)
+    with torch.inference_mode():
+        return model(input_ids, pos, context_length)[0]
+
+
+class TokenGenerator:
+    """Iterates over the ids of a reply; `finish_reason` tells why it ended ("eos" or "length").
+
+    The context window covers prompt and reply together. `<eop>` ends the reply and is not yielded. Closing the
+    iterator early (a cancel) simply stops; the cache is freed with the object.
+    """
+
+    def __init__(self, model: ChatGLMForCausalLM, prompt_ids: Sequence[int], params: GenerationParams,
+                 num_pieces: int, on_prefill_layer: LayerCallback | None = None) -> None:
+        self.model, self.params = model, params
+        self.prompt_ids = list(prompt_ids)
+        window = model.config.max_sequence_length
+        room = window - len(self.prompt_ids)
+        if room < 1:
+            raise ContextOverflowError(
+                f"the prompt is {len(self.prompt_ids)} tokens but the context window is {window} "
+                "(prompt and reply together): shorten the input or drop earlier rounds"
+            )
+        self.max_new_tokens = room if params.max_new_tokens is None else min(params.max_new_tokens, room)
+        self.sampler = TokenSampler(params, num_pieces)
+        self.on_prefill_layer = on_prefill_layer
+        self.finish_reason: FinishReason | None = None
+        self.generated: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        model, config = self.model, self.model.config
+        device = model.transformer.word_embeddings.weight.device
+        context_length, mask_position = prompt_layout(self.prompt_ids, model)
+        length = len(self.prompt_ids)
+        cache = KVCache(config.num_layers, 1, config.num_attention_heads, length + self.max_new_tokens,
+                        config.head_dim, model.transformer.word_embeddings.weight.dtype, device)
+        all_ids = torch.tensor([self.prompt_ids], dtype=torch.long, device=device)
+        with torch.inference_mode():
+            pos = position_ids(0, length, context_length, mask_position, device)
+            logits = model(all_ids, pos, context_length, cache, 0, last_only=True, on_layer=self.on_prefill_layer)
+            while True:
+                token = self.sampler(all_ids, logits[:, -1])
+                if token == config.eos_token_id:
+                    self.finish_reason = "eos"
+                    return
+                self.generated.append(token)
+                yield token
+                if len(self.generated) >= self.max_new_tokens:
+                    self.finish_reason = "length"
+                    return
+                index = all_ids.shape[1]
+                all_ids = torch.cat((all_ids, torch.tensor([[token]], device=device)), dim=1)
+                pos = position_ids(index, index + 1, context_length, mask_position, device)
+                logits = model(all_ids[:, -1:], pos, context_length, cache, index, last_only=True)

@@ -1,0 +1,73 @@
+"""Weight-only quantization in the layout of the official `chatglm-6b-int4` / `-int8` checkpoints.
+
+Those repos quantize the four linears of every block symmetrically per output row:
+`scale[r] = max|W[r]| / (2^(bits-1) - 1)`, `q = round(W / scale)`. INT8 weights are stored as int8 [out, in];
+INT4 weights two per byte as int8 [out, in/2], the even input index in the high nibble, both two's complement.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# The projections the official checkpoints quantize, as attribute paths inside a GLMBlock.
+QUANTIZED_LINEARS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
+
+
+def unpack_int4_rows(packed: Tensor) -> Tensor:
+    """int8 [N, K/2] (even k in the high nibble) -> int8 [N, K] with values in [-8, 7]."""
+    high = packed >> 4  # arithmetic shift keeps the sign
+    low = (packed << 4) >> 4  # sign-extend the low nibble
+    return torch.stack((high, low), dim=-1).reshape(packed.shape[0], -1)
+
+
+def pack_int4_rows(q: Tensor) -> Tensor:
+    """int8 [N, K] in [-8, 7] -> int8 [N, K/2], the official layout (inverse of `unpack_int4_rows`)."""
+    pairs = q.reshape(q.shape[0], -1, 2).to(torch.int16)
+    packed = (pairs[..., 0] << 4) | (pairs[..., 1] & 0xF)
+    return packed.to(torch.uint8).view(torch.int8)
+
+
+def quantize_rows(weight: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """Symmetric per-row quantization as the original does it: (int8 values [N, K], float32 scales [N]).
+
+    The scale is rounded to fp16 first, as the official checkpoints store it, so quantizing the fp16 weights
+    here gives the same values as the released -int4/-int8 files.
+    """
+    limit = 2 ** (bits - 1) - 1
+    scale = (weight.float().abs().amax(dim=1) / limit).half().float()
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    q = torch.round(weight.float() / scale[:, None]).clamp_(-limit, limit).to(torch.int8)
+    return q, scale
+
+
+class QuantizedLinear(nn.Module):
+    """A linear layer whose weight is stored quantized per row; the forward dequantizes exactly (int * scale)."""
+
+    def __init__(self, in_features: int, out_features: int, bits: int) -> None:
+        super().__init__()
+        assert bits in (4, 8)
+        self.in_features, self.out_features, self.bits = in_features, out_features, bits
+        stored = in_features * bits // 8
+        self.register_buffer("weight", torch.empty(out_features, stored, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.empty(out_features))
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
+
+    def dequantized_weight(self, dtype: torch.dtype) -> Tensor:
+        """The float weight [out, in]: exactly `q * scale` computed in float32, then cast to `dtype`."""
+        q = unpack_int4_rows(self.weight) if self.bits == 4 else self.weight
+        return (q.float() * self.weight_scale.float()[:, None]).to(dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
+
+
+def replace_linears(model: nn.Module, bits: int) -> None:
+    """Swap the four quantized projections of every GLMBlock for QuantizedLinear modules (before loading)."""
+    for layer in model.transformer.layers:
+        for path in QUANTIZED_LINEARS:
+            parent_name, name = path.split(".")
+            parent = getattr(layer, parent_name)
+            old = getattr(parent, name)
+            setattr(parent, name, QuantizedLinear(old.in_features, old.out_features, bits))

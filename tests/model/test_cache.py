@@ -1,0 +1,40 @@
+"""Prefill plus step-by-step decoding with the KV cache equals one full forward pass."""
+
+from __future__ import annotations
+
+import torch
+
+from chatglm_tui.model.generate import position_ids, prompt_layout
+from chatglm_tui.model.kv_cache import KVCache
+
+
+def test_cached_decoding_equals_full_forward(tiny_fp16):
+    glm = tiny_fp16
+    model, config = glm.model, glm.config
+    prompt = glm.tokenizer.encode("[Round 0]\n问：你好\n答：你好👋！\n[Round 1]\n问：再见\n答：")
+    continuation = [82771, 85182, 104115, 23619, 5, 6, 4, 98724]  # arbitrary generated tokens
+    ids = prompt + continuation
+    context_length, mask_position = prompt_layout(prompt, model)
+    full = glm.logits(ids)  # one pass over everything, no cache
+
+    cache = KVCache(config.num_layers, 1, config.num_attention_heads, len(ids), config.head_dim,
+                    torch.float32, "cpu")
+    with torch.inference_mode():
+        pos = position_ids(0, len(prompt), context_length, mask_position, torch.device("cpu"))
+        step_logits = [model(torch.tensor([prompt]), pos, context_length, cache, 0)[0]]
+        for index in range(len(prompt), len(ids)):
+            pos = position_ids(index, index + 1, context_length, mask_position, torch.device("cpu"))
+            step_logits.append(model(torch.tensor([[ids[index]]]), pos, context_length, cache, index)[0])
+    stepped = torch.cat(step_logits)
+    torch.testing.assert_close(stepped, full, atol=1e-4, rtol=1e-4)
+    # and the logits differ from position to position, so the comparison above is not vacuous
+    assert not torch.allclose(full[-1], full[-2])
+
+
+def test_position_ids_follow_the_original_layout(tiny_fp16):
+    ids = tiny_fp16.tokenizer.encode("你好")  # [5, 74874, 130001, 130004]
+    context_length, mask_position = prompt_layout(ids, tiny_fp16.model)
+    assert (context_length, mask_position) == (3, 2)
+    pos = position_ids(0, 6, context_length, mask_position, torch.device("cpu"))[0]
+    assert pos[0].tolist() == [0, 1, 2, 2, 2, 2]
+    assert pos[1].tolist() == [0, 0, 0, 1, 2, 3]
