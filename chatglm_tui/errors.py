@@ -24,3 +24,7 @@ class ContextOverflowError(ChatGLMError):
 
 class GenerationError(ChatGLMError):
     """Generation parameters are invalid (for example a negative temperature)."""
+
+
+class DeviceError(ChatGLMError):
+    """The requested device or dtype cannot be used on this machine."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from chatglm_tui.errors import ChatGLMError, CheckpointError
+from chatglm_tui.errors import CheckpointError, DeviceError
 from chatglm_tui.model.generate import TokenGenerator, full_logits
 from chatglm_tui.model.loading import load_checkpoint
 from chatglm_tui.model.modeling import ChatGLMForCausalLM, LayerCallback
@@ -18,10 +18,6 @@ from chatglm_tui.model.tokenizer import CLEAN_UP_PATTERNS, ChatGLMTokenizer, Inc
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZATIONS = ("int4", "int8")
-
-
-class DeviceError(ChatGLMError):
-    """The requested device or dtype cannot be used on this machine."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
