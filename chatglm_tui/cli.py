@@ -36,6 +36,23 @@ def version_command() -> None:
     typer.echo(f"chatglm-tui {__version__}")
 
 
+@app.command()
+def bench(
+    config: str = typer.Option("6b", help="Model size: 6b (ChatGLM-6B) or tiny."),
+    quantization: str = typer.Option("int4", help="int4 or int8."),
+    prompt_tokens: int = typer.Option(512, help="Length of the random prompt to prefill."),
+    new_tokens: int = typer.Option(128, help="Tokens to decode after it."),
+    threads: int = typer.Option(0, help="Threads (0: torch's default, the physical cores)."),
+    group_size: int = typer.Option(0, help="int4 inputs per scale (0: the default, 128)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+) -> None:
+    """Measure load, prefill and decode speed and memory on random weights (no download)."""
+    from chatglm_tui.model.bench import format_table, run_bench
+
+    result = run_bench(config, quantization, prompt_tokens, new_tokens, threads or None, group_size or None)
+    typer.echo(result.to_json() if as_json else format_table(result))
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and a non-zero exit, no traceback."""
     try:

@@ -60,3 +60,16 @@ def tiny_int4(fixture_dir: Path):
     from chatglm_tui.model import load_model
 
     return load_model(fixture_dir / "int4", dtype="float32")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_home(tmp_path_factory) -> Path:
+    """Every test writes caches and data under a temporary CHATGLM_HOME, never the user's directories."""
+    home = tmp_path_factory.mktemp("chatglm-home")
+    previous = os.environ.get("CHATGLM_HOME")
+    os.environ["CHATGLM_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("CHATGLM_HOME", None)
+    else:
+        os.environ["CHATGLM_HOME"] = previous

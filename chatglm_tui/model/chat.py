@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 
 from chatglm_tui.errors import CheckpointError, DeviceError
+from chatglm_tui.model.config import ChatGLMConfig
+from chatglm_tui.model.fast_loading import choose_scheme, load_fast, supports_fast_path
 from chatglm_tui.model.generate import TokenGenerator, full_logits
 from chatglm_tui.model.loading import load_checkpoint
 from chatglm_tui.model.modeling import ChatGLMForCausalLM, LayerCallback
@@ -53,11 +55,12 @@ class ChatGLM:
 
     @property
     def device(self) -> torch.device:
-        return self.model.transformer.word_embeddings.weight.device
+        return self.model.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.transformer.word_embeddings.weight.dtype
+        """The compute dtype."""
+        return self.model.dtype
 
     @property
     def context_window(self) -> int:
@@ -103,6 +106,16 @@ class ChatGLM:
         return "".join(self.stream_chat(query, history, **sampling))
 
 
+def _wants_fast_path(directory: Path, bits: int, dtype: str, device: torch.device) -> bool:
+    """The CPU kernels serve quantized weights when no exact dtype was asked for and the sizes fit them."""
+    if dtype != "auto" or device.type != "cpu" or not directory.is_dir():
+        return False
+    config = ChatGLMConfig.from_file(directory / "config.json")
+    if not (bits or config.quantization_bit):
+        return False
+    return supports_fast_path(config, choose_scheme(config, bits))
+
+
 def load_model(path: str | Path, quantization: str | None = None, device: str | torch.device = "cpu",
                dtype: str = "auto") -> ChatGLM:
     """Load a ChatGLM-6B checkpoint directory (fp16, -int4 or -int8 layouts; .bin or .safetensors).
@@ -110,9 +123,12 @@ def load_model(path: str | Path, quantization: str | None = None, device: str | 
     Args:
         path: the checkpoint directory (config.json, ice_text.model and the weights).
         quantization: None keeps the weights as stored; "int4" or "int8" quantizes an fp16 checkpoint's
-            linear layers while loading (per-row, the official scheme).
+            linear layers while loading.
         device: "cpu", "cuda", "cuda:N" or "mps".
-        dtype: "auto", "float32", "bfloat16" or "float16": the compute dtype ("float32" is exact).
+        dtype: "auto", "float32", "bfloat16" or "float16": the compute dtype. "float32" is exact (quantized
+            weights are dequantized exactly, as the original does). "auto" on the CPU with quantized weights
+            runs the fast int4/int8 kernels (through a quantized cache file); otherwise it is float32 on the
+            CPU and float16 on GPUs.
     Raises:
         CheckpointError, DeviceError: with a message that says what to do.
     """
@@ -122,6 +138,10 @@ def load_model(path: str | Path, quantization: str | None = None, device: str | 
     compute_dtype = resolve_dtype(dtype, resolved_device)
     directory = Path(path).expanduser()
     bits = {"int4": 4, "int8": 8}.get(quantization or "none", 0)
-    model = load_checkpoint(directory, compute_dtype, resolved_device, quantize_bits=bits)
-    tokenizer = ChatGLMTokenizer.from_dir(directory)
+    tokenizer = ChatGLMTokenizer.from_dir(directory) if directory.is_dir() else None
+    if _wants_fast_path(directory, bits, dtype, resolved_device):
+        model = load_fast(directory, bits)
+    else:
+        model = load_checkpoint(directory, compute_dtype, resolved_device, quantize_bits=bits)
+    tokenizer = tokenizer or ChatGLMTokenizer.from_dir(directory)
     return ChatGLM(model, tokenizer, directory)

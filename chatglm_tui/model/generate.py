@@ -47,7 +47,7 @@ def position_ids(start: int, end: int, context_length: int, mask_position: int, 
 def full_logits(model: ChatGLMForCausalLM, ids: Sequence[int]) -> Tensor:
     """Logits (len(ids), V) float32 of one forward pass over `ids` (no cache)."""
     context_length, mask_position = prompt_layout(ids, model)
-    device = model.transformer.word_embeddings.weight.device
+    device = model.device
     input_ids = torch.tensor([list(ids)], dtype=torch.long, device=device)
     pos = position_ids(0, len(ids), context_length, mask_position, device)
     with torch.inference_mode():
@@ -80,11 +80,11 @@ class TokenGenerator:
 
     def __iter__(self) -> Iterator[int]:
         model, config = self.model, self.model.config
-        device = model.transformer.word_embeddings.weight.device
+        device = model.device
         context_length, mask_position = prompt_layout(self.prompt_ids, model)
         length = len(self.prompt_ids)
         cache = KVCache(config.num_layers, 1, config.num_attention_heads, length + self.max_new_tokens,
-                        config.head_dim, model.transformer.word_embeddings.weight.dtype, device)
+                        config.head_dim, model.kv_cache_dtype or model.dtype, device)
         all_ids = torch.tensor([self.prompt_ids], dtype=torch.long, device=device)
         with torch.inference_mode():
             pos = position_ids(0, length, context_length, mask_position, device)

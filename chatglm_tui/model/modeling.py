@@ -71,11 +71,12 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.split(self.head_dim, dim=-1)  # (B, T, H, D) each
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        if cache is not None:
-            k, v = cache.update(self.layer_id, start, k, v)
         # The original scales by 1/(sqrt(D) * (layer+1)), masks with -10000 and multiplies (layer+1) back in fp32
         # before the softmax: the same as plain softmax(q k^T / sqrt(D)) with masked keys excluded.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if cache is not None:
+            out = cache.attention(self.layer_id, start, q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
         return self.dense(out)
 
@@ -111,12 +112,20 @@ class GLMBlock(nn.Module):
         return x * self.alpha + self.mlp(x)
 
 
+class TiedEmbedding(nn.Embedding):
+    """The word embedding, which is also the language-model head (ChatGLM-6B ties them)."""
+
+    def project(self, x: Tensor) -> Tensor:
+        """Hidden states (..., H) -> logits (..., V)."""
+        return F.linear(x, self.weight)
+
+
 class ChatGLMModel(nn.Module):
     """Embedding, the GLM blocks and the final LayerNorm (the checkpoint's `transformer.*`)."""
 
     def __init__(self, config: ChatGLMConfig) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.word_embeddings = TiedEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(GLMBlock(config, i) for i in range(config.num_layers))
         self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
         self.rotary = RotaryEmbedding2D(config.head_dim)
@@ -141,6 +150,16 @@ class ChatGLMForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = ChatGLMModel(config)
+        self.kv_cache_dtype: torch.dtype | None = None  # None: the compute dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.final_layernorm.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype of activations (quantized weights keep their own storage)."""
+        return self.transformer.final_layernorm.weight.dtype
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, context_length: int, cache: KVCache | None = None,
                 start: int = 0, last_only: bool = False, on_layer: LayerCallback | None = None) -> Tensor:
@@ -163,8 +182,4 @@ class ChatGLMForCausalLM(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = t.final_layernorm(x)
-        return self.lm_head(x).float()
-
-    def lm_head(self, x: Tensor) -> Tensor:
-        """Project hidden states onto the vocabulary with the tied embedding matrix."""
-        return F.linear(x, self.transformer.word_embeddings.weight)
+        return t.word_embeddings.project(x).float()

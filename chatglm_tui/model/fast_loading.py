@@ -1,0 +1,261 @@
+"""The fast quantized model: convert any checkpoint into the kernel layout once, cache it, memory-map it after.
+
+The four linears of every block become Int4Linear (or Int8Linear), the tied embedding/head an Int8Embedding;
+LayerNorms and biases stay float32. An fp16 checkpoint is quantized one tensor at a time as it is read, and each
+result is written straight to the cache file, so peak memory stays near one layer, not the model. The official
+-int4/-int8 checkpoints map exactly (their per-row scales are a group as wide as the row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from chatglm_tui import paths
+from chatglm_tui.errors import CheckpointError
+from chatglm_tui.model.config import ChatGLMConfig
+from chatglm_tui.model.kernels import cpu as kernels
+from chatglm_tui.model.loading import find_weight_files, read_weight_file
+from chatglm_tui.model.modeling import ChatGLMForCausalLM, RotaryEmbedding2D
+from chatglm_tui.model.quant_cache import CacheMiss, CacheWriter, read_cache, source_key
+from chatglm_tui.model.quantize import QUANTIZED_LINEARS, quantize_groups, quantize_rows, unpack_int4_rows
+from chatglm_tui.model.quantized_layers import Int4Linear, Int8Embedding, Int8Linear, supports_int4
+
+log = logging.getLogger(__name__)
+DEFAULT_INT4_GROUP = 128  # chosen by measured logit error and speed: see README "Performance"
+_EMBEDDING = "transformer.word_embeddings."
+
+Sink = Callable[[str, Tensor], None]
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """How the block linears are stored: `bits` 4 or 8, `group_size` inputs per scale (None: one per row)."""
+
+    bits: int
+    group_size: int | None = None
+
+    @property
+    def tag(self) -> str:
+        return f"int{self.bits}-" + (f"g{self.group_size}" if self.group_size else "row")
+
+    def group_for(self, in_features: int) -> int:
+        """Inputs per scale for a weight with `in_features` inputs (a group never exceeds the row)."""
+        return min(self.group_size or in_features, in_features)
+
+
+def choose_scheme(config: ChatGLMConfig, bits: int, group_size: int | None = None) -> QuantScheme:
+    """The scheme for a checkpoint: what it stores if it is quantized, else `bits` with our default groups."""
+    stored = config.quantization_bit
+    if stored:
+        if bits and bits != stored:
+            raise CheckpointError(f"this checkpoint is stored as int{stored} and cannot be re-quantized to "
+                                  f"int{bits}: ask for int{stored} (or none), or use the fp16 checkpoint")
+        return QuantScheme(stored, None)
+    if bits == 4:
+        return QuantScheme(4, group_size or DEFAULT_INT4_GROUP)
+    return QuantScheme(8, None)
+
+
+def supports_fast_path(config: ChatGLMConfig, scheme: QuantScheme) -> bool:
+    """Whether the kernel layouts fit these sizes (the released model's always do)."""
+    sizes = (config.hidden_size, config.inner_hidden_size)
+    if scheme.bits == 4:
+        groups_fit = all(size % scheme.group_for(size) == 0 for size in sizes)
+        return all(supports_int4(size) for size in sizes) and groups_fit
+    return all(size % 32 == 0 for size in sizes)
+
+
+def build_fast_model(config: ChatGLMConfig, scheme: QuantScheme) -> ChatGLMForCausalLM:
+    """The fast module tree on the meta device."""
+    config = dataclasses.replace(config, quantization_bit=scheme.bits)
+    with torch.device("meta"):
+        model = ChatGLMForCausalLM(config)
+        for layer in model.transformer.layers:
+            for path in QUANTIZED_LINEARS:
+                parent_name, name = path.split(".")
+                parent = getattr(layer, parent_name)
+                old = getattr(parent, name)
+                if scheme.bits == 4:
+                    new = Int4Linear(old.in_features, old.out_features, scheme.group_for(old.in_features))
+                else:
+                    new = Int8Linear(old.in_features, old.out_features)
+                setattr(parent, name, new)
+        model.transformer.word_embeddings = Int8Embedding(config.vocab_size, config.hidden_size)
+    # float16 keys/values halve the cache (458 KB instead of 917 KB per token for ChatGLM-6B); the decode kernel
+    # reads them directly, and a prompt attends to its exact float32 keys before they are stored.
+    model.kv_cache_dtype = torch.float16
+    return model
+
+
+def state_specs(model: ChatGLMForCausalLM) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    return {name: (t.dtype, tuple(t.shape)) for name, t in model.state_dict().items()}
+
+
+class _Converter:
+    """Source tensors in, fast-layout tensors out (to `sink`), pairing quantized weights with their scales."""
+
+    def __init__(self, model: ChatGLMForCausalLM, scheme: QuantScheme, sink: Sink) -> None:
+        self.config, self.scheme, self.sink = model.config, scheme, sink
+        self.specs = state_specs(model)
+        # [out, in] of every quantized weight, as the checkpoint holds it unpacked
+        self.logical_shapes = {name: (m.out_features, m.in_features) for name, m in model.named_modules()
+                               if isinstance(m, (Int4Linear, Int8Linear))}
+        embedding = model.transformer.word_embeddings
+        self.logical_shapes[_EMBEDDING.rstrip(".")] = (embedding.num_embeddings, embedding.embedding_dim)
+        self.pending: dict[str, Tensor] = {}
+        self.emitted: set[str] = set()
+
+    def add(self, name: str, tensor: Tensor, source: Path) -> None:
+        if name.endswith(".rotary_emb.inv_freq") or name.startswith("lm_head."):
+            return
+        if name.startswith(_EMBEDDING):
+            self._pair(name, tensor, source, self._embedding)
+        elif name.removesuffix(".weight").removesuffix(".weight_scale").endswith(QUANTIZED_LINEARS):
+            self._pair(name, tensor, source, self._linear)
+        elif name in self.specs:
+            self._emit(name, tensor.to(torch.float32), source)
+        else:
+            raise CheckpointError(f"{source}: unexpected tensor {name!r}: this is not a ChatGLM-6B (v1) checkpoint")
+
+    def _pair(self, name: str, tensor: Tensor, source: Path, convert: Callable) -> None:
+        base = name.removesuffix("_scale").removesuffix(".weight")
+        if name.endswith(".weight") and tensor.is_floating_point():
+            convert(base, tensor, None, source)  # a float weight needs no scale
+            return
+        if name.endswith(".bias"):
+            self._emit(name, tensor.to(torch.float32), source)
+            return
+        self.pending[name] = tensor
+        weight, scale = self.pending.get(base + ".weight"), self.pending.get(base + ".weight_scale")
+        if weight is not None and scale is not None:
+            del self.pending[base + ".weight"], self.pending[base + ".weight_scale"]
+            convert(base, weight, scale, source)
+
+    def _dequantize(self, weight: Tensor, scale: Tensor) -> Tensor:
+        q = unpack_int4_rows(weight) if self.config.quantization_bit == 4 else weight
+        return q.float() * scale.float()[:, None]
+
+    def _embedding(self, base: str, weight: Tensor, scale: Tensor | None, source: Path) -> None:
+        full = weight.float() if scale is None else self._dequantize(weight, scale)
+        self._check(base, full.shape, source)
+        q, row_scale = quantize_rows(full, 8)
+        self._emit(base + ".weight_q", q, source)
+        self._emit(base + ".weight_scale", row_scale, source)
+
+    def _linear(self, base: str, weight: Tensor, scale: Tensor | None, source: Path) -> None:
+        stored = self.config.quantization_bit
+        if scale is None:  # float weight: quantize it now
+            self._check(base, weight.shape, source)
+            if self.scheme.bits == 4:
+                q, scales = quantize_groups(weight, self.scheme.group_for(weight.shape[1]))
+            else:
+                q, row = quantize_rows(weight, 8)
+                scales = row[:, None]
+        else:  # the official layout: per-row scale, exactly as stored
+            if weight.dtype != torch.int8:
+                raise CheckpointError(f"{source}: {base}.weight should be int8 in an int{stored} checkpoint")
+            q = unpack_int4_rows(weight) if stored == 4 else weight
+            self._check(base, q.shape, source)
+            scales = scale.float()[:, None]
+        if self.scheme.bits == 4:
+            packed = kernels.pack_int4(q, scales, self.scheme.group_for(q.shape[1]))
+            self._emit(base + ".weight_packed", packed.data, source)
+            self._emit(base + ".weight_scales", packed.scales, source)
+        else:
+            self._emit(base + ".weight_q", q, source)
+            self._emit(base + ".weight_scale", scales[:, 0].contiguous(), source)
+
+    def _check(self, base: str, shape: tuple[int, ...], source: Path) -> None:
+        want = self.logical_shapes.get(base)
+        if want is None or tuple(shape) != tuple(want):
+            raise CheckpointError(f"{source}: {base}.weight has shape {list(shape)}, config.json implies "
+                                  f"{list(want) if want else 'no such tensor'}: config.json does not match the weights")
+
+    def _emit(self, name: str, tensor: Tensor, source: Path) -> None:
+        if name not in self.specs:
+            raise CheckpointError(f"{source}: unexpected tensor {name!r}: this is not a ChatGLM-6B (v1) checkpoint")
+        dtype, shape = self.specs[name]
+        if tuple(tensor.shape) != tuple(shape):
+            raise CheckpointError(f"{source}: {name} has shape {list(tensor.shape)}, config.json implies "
+                                  f"{list(shape)}: config.json does not match the weights")
+        self.sink(name, tensor.to(dtype).contiguous())
+        self.emitted.add(name)
+
+    def finish(self) -> None:
+        missing = sorted(set(self.specs) - self.emitted)
+        if self.pending or missing:
+            first = sorted(self.pending)[0] if self.pending else missing[0]
+            raise CheckpointError(f"the checkpoint lacks {max(len(missing), 1)} tensor(s), e.g. around {first!r}: "
+                                  "it is incomplete or for a different model size; re-download it")
+
+
+def cache_file(directory: Path, scheme: QuantScheme) -> Path:
+    """Where the quantized cache of a checkpoint directory lives (one file per directory and scheme)."""
+    digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:12]
+    return paths.cache_dir() / "quantized" / f"{directory.resolve().name}-{digest}.{scheme.tag}.safetensors"
+
+
+def _convert(directory: Path, model: ChatGLMForCausalLM, scheme: QuantScheme, sink: Sink) -> None:
+    converter = _Converter(model, scheme, sink)
+    for path in find_weight_files(directory):
+        for name, tensor in read_weight_file(path):
+            converter.add(name, tensor, path)
+    converter.finish()
+
+
+def _fast_tensors(directory: Path, model: ChatGLMForCausalLM, scheme: QuantScheme) -> dict[str, Tensor]:
+    files = find_weight_files(directory) + [directory / "config.json"]
+    key = source_key(files, {"scheme": scheme.tag, "kernel_layout": kernels.LAYOUT_TAG})
+    target = cache_file(directory, scheme)
+    try:
+        return read_cache(target, key)[0]
+    except CacheMiss as miss:
+        log.info("quantized cache %s: %s; building it", target, miss)
+    try:
+        writer = CacheWriter(target, state_specs(model), {"format": "1", "source_key": key, "scheme": scheme.tag,
+                                             "source": str(directory.resolve())})
+    except OSError as exc:  # read-only or full cache directory: quantize in memory, every time
+        log.warning("cannot write the quantized cache at %s (%s); quantizing in memory", target, exc)
+        tensors: dict[str, Tensor] = {}
+        _convert(directory, model, scheme, tensors.__setitem__)
+        return tensors
+    try:
+        _convert(directory, model, scheme, writer.write)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return read_cache(target, key)[0]
+
+
+def load_fast(directory: Path, bits: int, group_size: int | None = None) -> ChatGLMForCausalLM:
+    """Load a checkpoint into the fast quantized model on the CPU, through the cache."""
+    config = ChatGLMConfig.from_file(directory / "config.json")
+    scheme = choose_scheme(config, bits, group_size)
+    model = build_fast_model(config, scheme)
+    tensors = _fast_tensors(directory, model, scheme)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    model.transformer.rotary = RotaryEmbedding2D(config.head_dim)
+    return model.eval().requires_grad_(False)
+
+
+def iter_random_state(model: ChatGLMForCausalLM, seed: int = 0) -> Iterator[tuple[str, Tensor]]:
+    """Random weights in the fast layout, for benchmarks: no checkpoint and no float copy of the model."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, (dtype, shape) in state_specs(model).items():
+        if dtype in (torch.uint8, torch.int8):
+            yield name, torch.randint(-128, 128, shape, dtype=torch.int16, generator=generator).to(dtype)
+        elif name.endswith("layernorm.weight"):
+            yield name, torch.ones(shape)
+        elif "scale" in name:
+            yield name, torch.full(shape, 0.02 / 7)
+        else:
+            yield name, torch.randn(shape, generator=generator) * 0.02
