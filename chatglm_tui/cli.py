@@ -44,12 +44,18 @@ def bench(
     new_tokens: int = typer.Option(128, help="Tokens to decode after it."),
     threads: int = typer.Option(0, help="Threads (0: torch's default, the physical cores)."),
     group_size: int = typer.Option(0, help="int4 inputs per scale (0: the default, 128)."),
+    model: str = typer.Option("", help="Load this checkpoint directory instead of random weights "
+                                       "(measures the real load, through the quantized cache)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", help="auto (the fast int4/int8 kernels on the CPU, float16 on GPUs), "
+                                           "float32 (the exact path), bfloat16 or float16."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
 ) -> None:
     """Measure load, prefill and decode speed and memory on random weights (no download)."""
     from chatglm_tui.model.bench import format_table, run_bench
 
-    result = run_bench(config, quantization, prompt_tokens, new_tokens, threads or None, group_size or None)
+    result = run_bench(config, quantization, prompt_tokens, new_tokens, threads or None, group_size or None,
+                       model or None, device, dtype)
     typer.echo(result.to_json() if as_json else format_table(result))
 
 

@@ -12,7 +12,7 @@ from chatglm_tui.errors import CheckpointError, DeviceError
 from chatglm_tui.model.config import ChatGLMConfig
 from chatglm_tui.model.fast_loading import choose_scheme, load_fast, supports_fast_path
 from chatglm_tui.model.generate import TokenGenerator, full_logits
-from chatglm_tui.model.loading import load_checkpoint
+from chatglm_tui.model.loading import checkpoint_directory, load_checkpoint
 from chatglm_tui.model.modeling import ChatGLMForCausalLM, LayerCallback
 from chatglm_tui.model.prompt import HALF_WIDTH_PUNCTUATION, PENDING_PATTERNS, Round, build_prompt, process_response
 from chatglm_tui.model.sampling import GenerationParams
@@ -108,7 +108,7 @@ class ChatGLM:
 
 def _wants_fast_path(directory: Path, bits: int, dtype: str, device: torch.device) -> bool:
     """The CPU kernels serve quantized weights when no exact dtype was asked for and the sizes fit them."""
-    if dtype != "auto" or device.type != "cpu" or not directory.is_dir():
+    if dtype != "auto" or device.type != "cpu":
         return False
     config = ChatGLMConfig.from_file(directory / "config.json")
     if not (bits or config.quantization_bit):
@@ -136,12 +136,11 @@ def load_model(path: str | Path, quantization: str | None = None, device: str | 
         raise CheckpointError(f"unknown quantization {quantization!r}: use int4, int8 or none")
     resolved_device = resolve_device(device)
     compute_dtype = resolve_dtype(dtype, resolved_device)
-    directory = Path(path).expanduser()
+    directory = checkpoint_directory(path)
     bits = {"int4": 4, "int8": 8}.get(quantization or "none", 0)
-    tokenizer = ChatGLMTokenizer.from_dir(directory) if directory.is_dir() else None
+    tokenizer = ChatGLMTokenizer.from_dir(directory)
     if _wants_fast_path(directory, bits, dtype, resolved_device):
         model = load_fast(directory, bits)
     else:
         model = load_checkpoint(directory, compute_dtype, resolved_device, quantize_bits=bits)
-    tokenizer = tokenizer or ChatGLMTokenizer.from_dir(directory)
     return ChatGLM(model, tokenizer, directory)

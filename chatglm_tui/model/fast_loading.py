@@ -99,6 +99,14 @@ def state_specs(model: ChatGLMForCausalLM) -> dict[str, tuple[torch.dtype, tuple
     return {name: (t.dtype, tuple(t.shape)) for name, t in model.state_dict().items()}
 
 
+def _in_slices(rows: Tensor, quantize: Callable[[Tensor], tuple[Tensor, Tensor]],
+               size: int = 1024) -> tuple[Tensor, Tensor]:
+    """Quantize a weight a slice of rows at a time: its float32 temporaries then stay small (rows are
+    independent), which keeps quantize-on-load of the 130528-row embedding from needing gigabytes."""
+    parts = [quantize(rows[i:i + size]) for i in range(0, rows.shape[0], size)]
+    return torch.cat([q for q, _ in parts]), torch.cat([s for _, s in parts])
+
+
 class _Converter:
     """Source tensors in, fast-layout tensors out (to `sink`), pairing quantized weights with their scales."""
 
@@ -130,9 +138,6 @@ class _Converter:
         if name.endswith(".weight") and tensor.is_floating_point():
             convert(base, tensor, None, source)  # a float weight needs no scale
             return
-        if name.endswith(".bias"):
-            self._emit(name, tensor.to(torch.float32), source)
-            return
         self.pending[name] = tensor
         weight, scale = self.pending.get(base + ".weight"), self.pending.get(base + ".weight_scale")
         if weight is not None and scale is not None:
@@ -144,9 +149,13 @@ class _Converter:
         return q.float() * scale.float()[:, None]
 
     def _embedding(self, base: str, weight: Tensor, scale: Tensor | None, source: Path) -> None:
-        full = weight.float() if scale is None else self._dequantize(weight, scale)
-        self._check(base, full.shape, source)
-        q, row_scale = quantize_rows(full, 8)
+        packing = 2 if scale is not None and self.config.quantization_bit == 4 else 1  # two int4 per byte
+        self._check(base, (weight.shape[0], weight.shape[1] * packing), source)
+        if scale is None:
+            q, row_scale = _in_slices(weight, lambda rows: quantize_rows(rows, 8))
+        else:
+            q, row_scale = _in_slices(torch.arange(weight.shape[0]), lambda index: quantize_rows(
+                self._dequantize(weight[index], scale[index]), 8))
         self._emit(base + ".weight_q", q, source)
         self._emit(base + ".weight_scale", row_scale, source)
 
@@ -155,9 +164,10 @@ class _Converter:
         if scale is None:  # float weight: quantize it now
             self._check(base, weight.shape, source)
             if self.scheme.bits == 4:
-                q, scales = quantize_groups(weight, self.scheme.group_for(weight.shape[1]))
+                group = self.scheme.group_for(weight.shape[1])
+                q, scales = _in_slices(weight, lambda rows: quantize_groups(rows, group))
             else:
-                q, row = quantize_rows(weight, 8)
+                q, row = _in_slices(weight, lambda rows: quantize_rows(rows, 8))
                 scales = row[:, None]
         else:  # the official layout: per-row scale, exactly as stored
             if weight.dtype != torch.int8:
@@ -250,9 +260,16 @@ def load_fast(directory: Path, bits: int, group_size: int | None = None) -> Chat
 def iter_random_state(model: ChatGLMForCausalLM, seed: int = 0) -> Iterator[tuple[str, Tensor]]:
     """Random weights in the fast layout, for benchmarks: no checkpoint and no float copy of the model."""
     generator = torch.Generator().manual_seed(seed)
+    # Random bytes are slow to draw (~0.2 GB/s); windows into one random pool make 3.5 GB in a few seconds.
+    pool = torch.randint(0, 256, (1 << 24,), dtype=torch.uint8, generator=generator)
     for name, (dtype, shape) in state_specs(model).items():
         if dtype in (torch.uint8, torch.int8):
-            yield name, torch.randint(-128, 128, shape, dtype=torch.int16, generator=generator).to(dtype)
+            data = torch.empty(torch.Size(shape).numel(), dtype=torch.uint8)
+            for begin in range(0, data.numel(), pool.numel() // 2):
+                offset = int(torch.randint(0, pool.numel() // 2, (), generator=generator))
+                chunk = data[begin: begin + pool.numel() // 2]
+                chunk.copy_(pool[offset: offset + chunk.numel()])
+            yield name, data.view(dtype).reshape(shape)
         elif name.endswith("layernorm.weight"):
             yield name, torch.ones(shape)
         elif "scale" in name:

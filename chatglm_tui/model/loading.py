@@ -30,6 +30,16 @@ _SINGLES = ("model.safetensors", "pytorch_model.bin")
 _EMBEDDING = "transformer.word_embeddings.weight"
 
 
+def checkpoint_directory(path: Path | str) -> Path:
+    """The checkpoint directory `path` names, or a CheckpointError saying what is wrong with it."""
+    directory = Path(path).expanduser()
+    if not directory.exists():
+        raise CheckpointError(f"model directory {directory} does not exist")
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory: pass the checkpoint directory, not a file")
+    return directory
+
+
 def find_weight_files(directory: Path) -> list[Path]:
     """The weight files of a checkpoint directory, preferring safetensors, following an index if present."""
     for index_name in _INDEXES:
@@ -187,11 +197,7 @@ def load_checkpoint(directory: Path, dtype: torch.dtype, device: torch.device,
     Weights stored quantized stay quantized. `quantize_bits` (4 or 8) quantizes the linear layers of a float
     checkpoint one tensor at a time as they are read, so the float model never exists in memory.
     """
-    if not directory.exists():
-        raise CheckpointError(f"model directory {directory} does not exist")
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory} is not a directory: pass the checkpoint directory, not a file")
-    config = ChatGLMConfig.from_file(directory / "config.json")
+    config = ChatGLMConfig.from_file(checkpoint_directory(directory) / "config.json")
     stored_bits = config.quantization_bit
     if quantize_bits and stored_bits and quantize_bits != stored_bits:
         raise CheckpointError(f"{directory} is stored as int{stored_bits} and cannot be re-quantized to "

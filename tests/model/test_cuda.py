@@ -35,3 +35,18 @@ def test_cuda_int4_float16_runs_and_stays_close(fixture_dir, reference):
 def test_cuda_quantize_on_load(fixture_dir):
     glm = load_model(fixture_dir / "fp16", quantization="int4", device="cuda")
     assert glm.chat("你好", do_sample=False, max_new_tokens=4)
+
+
+def test_bench_on_the_gpu():
+    import json
+
+    from typer.testing import CliRunner
+
+    from chatglm_tui.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--config", "tiny", "--device", "cuda", "--prompt-tokens", "64",
+                                      "--new-tokens", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["device"].startswith("cuda") and report["gpu_peak_bytes"] > 0
+    assert report["quantization"] == "int4-row exact float16"

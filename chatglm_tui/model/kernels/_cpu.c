@@ -280,6 +280,28 @@ static void int4_dequant(const uint8_t *w, const float *scales, int64_t N, int64
     }
 }
 
+/* Streams n bytes (a multiple of 128) with 4 independent accumulators per thread: the memory-read bandwidth
+ * probe of `chatglm bench`, the same way our GEMV kernels read weights. Returns a checksum so the loads stay. */
+static int64_t stream_read(const uint8_t *p, int64_t n, int nt) {
+    int64_t total = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : total)
+    {
+        const int64_t blocks = n / 128;
+        THREAD_RANGE(blocks, lo, hi)
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t b = lo; b < hi; b++) {
+            const __m256i *q = (const __m256i *)(p + b * 128);
+            a0 = _mm256_xor_si256(a0, _mm256_loadu_si256(q));
+            a1 = _mm256_xor_si256(a1, _mm256_loadu_si256(q + 1));
+            a2 = _mm256_xor_si256(a2, _mm256_loadu_si256(q + 2));
+            a3 = _mm256_xor_si256(a3, _mm256_loadu_si256(q + 3));
+        }
+        __m256i a = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+        total += _mm256_extract_epi64(a, 0) + _mm256_extract_epi64(a, 3);
+    }
+    return total;
+}
+
 /* ---------------------------------------------------------------- Python glue */
 
 #define PTR(v) ((void *)(uintptr_t)(v))
@@ -329,7 +351,21 @@ static PyObject *py_int4_dequant(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_stream_read(PyObject *self, PyObject *args) {
+    unsigned long long p;
+    Py_ssize_t n;
+    int nt;
+    int64_t checksum;
+    if (!PyArg_ParseTuple(args, "Kni", &p, &n, &nt)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    checksum = stream_read(PTR(p), n, nt);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLongLong(checksum);
+}
+
 static PyMethodDef methods[] = {
+    {"stream_read", py_stream_read, METH_VARARGS,
+     "stream_read(ptr, nbytes, nthreads): read nbytes (a multiple of 128) once; returns a checksum"},
     {"int4_mm", py_int4_mm, METH_VARARGS,
      "int4_mm(x, M, K, w, scales, N, group, y, bias_or_0, nthreads): y[M,N] = x[M,K] @ W^T (+ bias)"},
     {"int8_mm", py_int8_mm, METH_VARARGS,
