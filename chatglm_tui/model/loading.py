@@ -23,7 +23,13 @@ from torch import Tensor
 from chatglm_tui.errors import CheckpointError
 from chatglm_tui.model.config import ChatGLMConfig
 from chatglm_tui.model.modeling import ChatGLMForCausalLM, RotaryEmbedding2D
-from chatglm_tui.model.quantize import pack_int4_rows, quantize_rows, replace_linears, unpack_int4_rows
+from chatglm_tui.model.quantize import (
+    QuantizedLinear,
+    pack_int4_rows,
+    quantize_rows,
+    replace_linears,
+    unpack_int4_rows,
+)
 
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLES = ("model.safetensors", "pytorch_model.bin")
@@ -115,7 +121,8 @@ def build_empty_model(config: ChatGLMConfig) -> ChatGLMForCausalLM:
     with torch.device("meta"):
         model = ChatGLMForCausalLM(config)
         if config.quantization_bit:
-            replace_linears(model, config.quantization_bit)
+            bits = config.quantization_bit
+            replace_linears(model, lambda old: QuantizedLinear(old.in_features, old.out_features, bits))
     return model
 
 

@@ -7,6 +7,8 @@ INT4 weights two per byte as int8 [out, in/2], the even input index in the high 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -88,11 +90,10 @@ class QuantizedLinear(nn.Module):
         return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
 
 
-def replace_linears(model: nn.Module, bits: int) -> None:
-    """Swap the four quantized projections of every GLMBlock for QuantizedLinear modules (before loading)."""
+def replace_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> None:
+    """Swap the four quantized projections of every GLMBlock for `make(old_linear)` (before loading)."""
     for layer in model.transformer.layers:
         for path in QUANTIZED_LINEARS:
             parent_name, name = path.split(".")
             parent = getattr(layer, parent_name)
-            old = getattr(parent, name)
-            setattr(parent, name, QuantizedLinear(old.in_features, old.out_features, bits))
+            setattr(parent, name, make(getattr(parent, name)))

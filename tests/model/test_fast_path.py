@@ -141,3 +141,35 @@ def test_pure_pytorch_fallback_gives_the_same_layers(fixture_dir, monkeypatch):
     exact = torch.nn.functional.linear(x, kernels.dequantize_int4(layer.packed()), layer.bias)
     monkeypatch.setattr(kernels, "FORCE_FALLBACK", True)
     torch.testing.assert_close(layer(x), exact)
+
+
+def _copy_fixture(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    for f in dst.iterdir():
+        f.chmod(0o644)
+    return dst
+
+
+def test_fast_path_shape_mismatch_is_named(fixture_dir, tmp_path):
+    import json
+
+    from chatglm_tui.errors import CheckpointError
+
+    source = _copy_fixture(fixture_dir / "fp16", tmp_path / "model")
+    config = json.loads((source / "config.json").read_text())
+    config["inner_hidden_size"] = 128
+    (source / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"dense_h_to_4h.weight has shape \[256, 64\]"):
+        load_model(source, quantization="int4")
+
+
+def test_fast_path_incomplete_official_checkpoint(fixture_dir, tmp_path):
+    from chatglm_tui.errors import CheckpointError
+
+    source = _copy_fixture(fixture_dir / "int4", tmp_path / "model")
+    state = torch.load(source / "pytorch_model.bin", weights_only=True)
+    del state["transformer.layers.1.attention.dense.weight_scale"]
+    torch.save(state, source / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="lacks .*attention.dense"):
+        load_model(source)
+    assert not list((tmp_path.parent).rglob("*.partial"))
