@@ -16,6 +16,7 @@ import mmap
 import os
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -99,6 +100,23 @@ class CacheWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+def _verify(mapped: mmap.mmap, data_start: int, header: dict, crcs: dict[str, str]) -> None:
+    """Check every tensor's CRC-32, on all cores (zlib releases the GIL): about 0.5 s for ChatGLM-6B INT4."""
+    view = memoryview(mapped)
+
+    def crc_matches(item: tuple[str, dict]) -> bool:
+        name, info = item
+        begin, end = (data_start + o for o in info["data_offsets"])
+        return f"{zlib.crc32(view[begin:end]):0{_CRC_WIDTH}x}" == crcs.get(name)
+
+    # Largest first, so the threads finish together.
+    items = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0] - item[1]["data_offsets"][1])
+    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        for (name, _), ok in zip(items, pool.map(crc_matches, items)):
+            if not ok:
+                raise CacheMiss(f"checksum mismatch in {name}")
+
+
 def read_cache(path: Path, key: str) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Memory-map a cache file and verify it; raise CacheMiss (with the reason) if it cannot be used."""
     if not path.is_file():
@@ -121,12 +139,10 @@ def read_cache(path: Path, key: str) -> tuple[dict[str, Tensor], dict[str, str]]
         if data_start + max(ends, default=0) != size:
             raise CacheMiss("truncated or padded file")
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: pages shared until written
-    view = memoryview(mapped)
+    _verify(mapped, data_start, header, crcs)
     tensors: dict[str, Tensor] = {}
     for name, info in header.items():
         begin, end = (data_start + o for o in info["data_offsets"])
-        if f"{zlib.crc32(view[begin:end]):0{_CRC_WIDTH}x}" != crcs.get(name):
-            raise CacheMiss(f"checksum mismatch in {name}")
         dtype = _TORCH[info["dtype"]]
         flat = torch.frombuffer(mapped, dtype=torch.uint8, count=end - begin, offset=begin) if end > begin \
             else torch.empty(0, dtype=torch.uint8)

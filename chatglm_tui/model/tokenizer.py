@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
@@ -153,8 +153,8 @@ class IncrementalDecoder:
     `finalize(tokenizer.decode(all_ids))`.
     """
 
-    def __init__(self, tokenizer: ChatGLMTokenizer, finalize=None, pending=CLEAN_UP_PATTERNS,
-                 hold_chars: str = "") -> None:
+    def __init__(self, tokenizer: ChatGLMTokenizer, finalize: Callable[[str], str] | None = None,
+                 pending: Sequence[str] = CLEAN_UP_PATTERNS, hold_chars: str = "") -> None:
         self.tokenizer = tokenizer
         self.finalize = finalize or (lambda text: text)
         self.pending = tuple(pending)
