@@ -21,8 +21,10 @@ class KVCache(nn.Module):
                  dtype: torch.dtype, device: torch.device | str) -> None:
         super().__init__()
         shape = (num_layers, batch, num_heads, capacity, head_dim)
-        self.register_buffer("keys", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("values", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        # Uninitialised on purpose: positions are read only after they are written, and untouched pages of a
+        # reply that has not been generated yet then cost no memory.
+        self.register_buffer("keys", torch.empty(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("values", torch.empty(shape, dtype=dtype, device=device), persistent=False)
         self.capacity = capacity
 
     def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
