@@ -13,7 +13,7 @@ def _modules_after(statement: str) -> set[str]:
 
 
 def test_model_imports_no_ui():
-    loaded = _modules_after("import chatglm_tui.model")
+    loaded = _modules_after("from chatglm_tui.model import load_model")
     assert "torch" in loaded
     assert not {m for m in loaded if m.split(".")[0] in {"textual", "typer", "rich"}}
 

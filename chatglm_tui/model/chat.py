@@ -12,7 +12,7 @@ from chatglm_tui.errors import CheckpointError, DeviceError
 from chatglm_tui.model.config import ChatGLMConfig
 from chatglm_tui.model.fast_loading import choose_scheme, load_fast, supports_fast_path
 from chatglm_tui.model.generate import TokenGenerator, full_logits
-from chatglm_tui.model.loading import checkpoint_directory, load_checkpoint
+from chatglm_tui.model.loading import Progress, checkpoint_directory, load_checkpoint
 from chatglm_tui.model.modeling import ChatGLMForCausalLM, LayerCallback
 from chatglm_tui.model.prompt import HALF_WIDTH_PUNCTUATION, PENDING_PATTERNS, Round, build_prompt, process_response
 from chatglm_tui.model.sampling import GenerationParams
@@ -117,7 +117,7 @@ def _wants_fast_path(directory: Path, bits: int, dtype: str, device: torch.devic
 
 
 def load_model(path: str | Path, quantization: str | None = None, device: str | torch.device = "cpu",
-               dtype: str = "auto") -> ChatGLM:
+               dtype: str = "auto", progress: Progress | None = None) -> ChatGLM:
     """Load a ChatGLM-6B checkpoint directory (fp16, -int4 or -int8 layouts; .bin or .safetensors).
 
     Args:
@@ -129,6 +129,8 @@ def load_model(path: str | Path, quantization: str | None = None, device: str | 
             weights are dequantized exactly, as the original does). "auto" on the CPU with quantized weights
             runs the fast int4/int8 kernels (through a quantized cache file); otherwise it is float32 on the
             CPU and float16 on GPUs.
+        progress: called as progress(stage, done, total) while loading; stage is "read" (weight files, or
+            the quantized cache) or "quantize" (tensors converted into the cache, on a first fast load).
     Raises:
         CheckpointError, DeviceError: with a message that says what to do.
     """
@@ -140,7 +142,7 @@ def load_model(path: str | Path, quantization: str | None = None, device: str | 
     bits = {"int4": 4, "int8": 8}.get(quantization or "none", 0)
     tokenizer = ChatGLMTokenizer.from_dir(directory)
     if _wants_fast_path(directory, bits, dtype, resolved_device):
-        model = load_fast(directory, bits)
+        model = load_fast(directory, bits, progress=progress)
     else:
-        model = load_checkpoint(directory, compute_dtype, resolved_device, quantize_bits=bits)
+        model = load_checkpoint(directory, compute_dtype, resolved_device, quantize_bits=bits, progress=progress)
     return ChatGLM(model, tokenizer, directory)

@@ -22,7 +22,7 @@ from chatglm_tui import paths
 from chatglm_tui.errors import CheckpointError
 from chatglm_tui.model.config import ChatGLMConfig
 from chatglm_tui.model.kernels import cpu as kernels
-from chatglm_tui.model.loading import find_weight_files, read_weight_file
+from chatglm_tui.model.loading import Progress, find_weight_files, read_weight_file
 from chatglm_tui.model.modeling import ChatGLMForCausalLM, RotaryEmbedding2D
 from chatglm_tui.model.quant_cache import CacheMiss, CacheWriter, read_cache, source_key
 from chatglm_tui.model.quantize import (
@@ -214,20 +214,34 @@ def cache_file(directory: Path, scheme: QuantScheme) -> Path:
     return paths.cache_dir() / "quantized" / f"{directory.resolve().name}-{digest}.{scheme.tag}.safetensors"
 
 
-def _convert(directory: Path, model: ChatGLMForCausalLM, scheme: QuantScheme, sink: Sink) -> None:
-    converter = _Converter(model, scheme, sink)
+def _convert(directory: Path, model: ChatGLMForCausalLM, scheme: QuantScheme, sink: Sink,
+             progress: Progress | None = None) -> None:
+    total = len(state_specs(model))
+
+    def counting_sink(name: str, tensor: Tensor) -> None:
+        sink(name, tensor)
+        if progress:
+            progress("quantize", len(converter.emitted) + 1, total)
+
+    converter = _Converter(model, scheme, counting_sink if progress else sink)
     for path in find_weight_files(directory):
         for name, tensor in read_weight_file(path):
             converter.add(name, tensor, path)
     converter.finish()
 
 
-def _fast_tensors(directory: Path, model: ChatGLMForCausalLM, scheme: QuantScheme) -> dict[str, Tensor]:
+def _fast_tensors(directory: Path, model: ChatGLMForCausalLM, scheme: QuantScheme,
+                  progress: Progress | None) -> dict[str, Tensor]:
     files = find_weight_files(directory) + [directory / "config.json"]
     key = source_key(files, {"scheme": scheme.tag, "kernel_layout": kernels.LAYOUT_TAG})
     target = cache_file(directory, scheme)
     try:
-        return read_cache(target, key)[0]
+        if progress:
+            progress("read", 0, 1)
+        tensors = read_cache(target, key)[0]
+        if progress:
+            progress("read", 1, 1)
+        return tensors
     except CacheMiss as miss:
         log.info("quantized cache %s: %s; building it", target, miss)
     try:
@@ -236,10 +250,10 @@ def _fast_tensors(directory: Path, model: ChatGLMForCausalLM, scheme: QuantSchem
     except OSError as exc:  # read-only or full cache directory: quantize in memory, every time
         log.warning("cannot write the quantized cache at %s (%s); quantizing in memory", target, exc)
         tensors: dict[str, Tensor] = {}
-        _convert(directory, model, scheme, tensors.__setitem__)
+        _convert(directory, model, scheme, tensors.__setitem__, progress)
         return tensors
     try:
-        _convert(directory, model, scheme, writer.write)
+        _convert(directory, model, scheme, writer.write, progress)
         writer.commit()
     except BaseException:
         writer.abort()
@@ -247,12 +261,13 @@ def _fast_tensors(directory: Path, model: ChatGLMForCausalLM, scheme: QuantSchem
     return read_cache(target, key)[0]
 
 
-def load_fast(directory: Path, bits: int, group_size: int | None = None) -> ChatGLMForCausalLM:
+def load_fast(directory: Path, bits: int, group_size: int | None = None,
+              progress: Progress | None = None) -> ChatGLMForCausalLM:
     """Load a checkpoint into the fast quantized model on the CPU, through the cache."""
     config = ChatGLMConfig.from_file(directory / "config.json")
     scheme = choose_scheme(config, bits, group_size)
     model = build_fast_model(config, scheme)
-    tensors = _fast_tensors(directory, model, scheme)
+    tensors = _fast_tensors(directory, model, scheme, progress)
     model.load_state_dict(tensors, strict=True, assign=True)
     model.transformer.rotary = RotaryEmbedding2D(config.head_dim)
     return model.eval().requires_grad_(False)

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import pickle
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -31,6 +31,8 @@ from chatglm_tui.model.quantize import (
     unpack_int4_rows,
 )
 
+# progress(stage, done, total): stage "read" (weight files) or "quantize" (tensors converted)
+Progress = Callable[[str, int, int], None]
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLES = ("model.safetensors", "pytorch_model.bin")
 _EMBEDDING = "transformer.word_embeddings.weight"
@@ -198,7 +200,7 @@ class _StateCollector:
 
 
 def load_checkpoint(directory: Path, dtype: torch.dtype, device: torch.device,
-                    quantize_bits: int = 0) -> ChatGLMForCausalLM:
+                    quantize_bits: int = 0, progress: Progress | None = None) -> ChatGLMForCausalLM:
     """Load a checkpoint directory into a model on `device` computing in `dtype`.
 
     Weights stored quantized stay quantized. `quantize_bits` (4 or 8) quantizes the linear layers of a float
@@ -213,9 +215,14 @@ def load_checkpoint(directory: Path, dtype: torch.dtype, device: torch.device,
         config = dataclasses.replace(config, quantization_bit=quantize_bits)
     model = build_empty_model(config)
     collector = _StateCollector(model, dtype, device, 0 if stored_bits else quantize_bits)
-    for path in find_weight_files(directory):
+    files = find_weight_files(directory)
+    for index, path in enumerate(files):
+        if progress:
+            progress("read", index, len(files))
         for name, tensor in read_weight_file(path):
             collector.add(name, tensor, path)
+    if progress:
+        progress("read", len(files), len(files))
     model.load_state_dict(collector.finish(), strict=True, assign=True)
     model.transformer.rotary = RotaryEmbedding2D(config.head_dim).to(device)  # buffers built on meta above
     return model.eval().requires_grad_(False)

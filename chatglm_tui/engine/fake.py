@@ -1,0 +1,92 @@
+"""FakeEngine: the Engine protocol with scripted replies, for UI tests and demos. Imports no torch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from chatglm_tui.engine.protocol import (
+    Budget,
+    ChatRequest,
+    EventCallback,
+    GenerationFinished,
+    GenerationStarted,
+    GenerationStats,
+    LoadProgress,
+    Request,
+    Round,
+    TextDelta,
+)
+
+
+class FakeEngine:
+    """Replies with scripted text in chunks, on a background thread, like the real worker.
+
+    `replies` are used in turn (the last one repeats); each is sent as `chunk_size`-character deltas with
+    `delay` seconds between them. Every request is recorded in `requests`. Token counts are characters / 2,
+    rounded up, plus 2 for [gMASK] <sop>: not the real tokenizer, but monotonic and deterministic.
+    """
+
+    def __init__(self, replies: Sequence[str] = ("Hello from the fake engine.",), chunk_size: int = 4,
+                 delay: float = 0.0, window: int = 2048) -> None:
+        self.replies = list(replies)
+        self.chunk_size, self.delay, self.window = chunk_size, delay, window
+        self.requests: list[Request] = []
+        self._cancelled: set[str] = set()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def context_window(self) -> int:
+        return self.window
+
+    def load(self, on_event: EventCallback | None = None) -> None:
+        if on_event is not None:
+            on_event(LoadProgress("ready", 1, 1))
+
+    def submit(self, request: Request, on_event: EventCallback) -> None:
+        self.requests.append(request)
+        reply = self.replies[min(len(self.requests) - 1, len(self.replies) - 1)]
+        thread = threading.Thread(target=self._reply, args=(request, reply, on_event), daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _reply(self, request: Request, reply: str, on_event: EventCallback) -> None:
+        query = request.query if isinstance(request, ChatRequest) else request.document
+        on_event(GenerationStarted(request.id, self._count(query)))
+        sent = ""
+        for start in range(0, len(reply), self.chunk_size):
+            if request.id in self._cancelled:
+                break
+            time.sleep(self.delay)
+            delta = reply[start:start + self.chunk_size]
+            sent += delta
+            on_event(TextDelta(request.id, delta))
+        reason = "stopped" if request.id in self._cancelled else "eos"
+        stats = GenerationStats(self._count(query), len(sent), self.delay, 0.0, self.delay * len(sent))
+        on_event(GenerationFinished(request.id, reason, sent, stats))
+
+    def cancel(self, request_id: str) -> None:
+        self._cancelled.add(request_id)
+
+    @staticmethod
+    def _count(text: str) -> int:
+        return -(-len(text) // 2)
+
+    def budget(self, history: Sequence[Round], query: str, instruction: str | None = None,
+               reserve: int = 512) -> Budget:
+        history = list(history)
+        costs = [self._count(q) + self._count(r) + 8 for q, r in history]
+        fixed = self._count(query) + self._count(instruction or "") + 2
+        dropped = 0
+        while dropped < len(history) and sum(costs[dropped:]) + fixed + reserve > self.window:
+            dropped += 1
+        return Budget(self.window, sum(costs[dropped:]) + 2, self._count(instruction or ""),
+                      self._count(query), reserve, tuple(range(dropped)),
+                      fixed + reserve <= self.window)
+
+    def close(self, timeout: float = 1.0) -> None:
+        for request in self.requests:
+            self._cancelled.add(request.id)
+        for thread in self._threads:
+            thread.join(timeout)

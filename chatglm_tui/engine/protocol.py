@@ -1,0 +1,174 @@
+"""What the CLI and the TUI see of the engine: requests, events and the Engine protocol. Imports no torch.
+
+Events are delivered by calling the `on_event` callback given with each request, from the worker thread; a UI
+must hand them over to its own thread (Textual: `app.post_message`), never touch widgets from the callback.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+# A finished round of conversation: (query, reply).
+Round = tuple[str, str]
+FinishReason = Literal["eos", "length", "stopped"]
+LoadStage = Literal["download", "read", "quantize", "ready"]
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Generation settings; the defaults are the original `chat()`'s, with a reply limit reserved up front."""
+
+    do_sample: bool = True
+    temperature: float = 0.95
+    top_p: float = 0.7
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 512  # also the reply length reserved in the context budget
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A query after `history`, with an optional instruction (ChatGLM-6B has no system role: see budget.py)."""
+
+    query: str
+    history: tuple[Round, ...] = ()
+    instruction: str | None = None
+    params: SamplingParams = SamplingParams()
+    id: str = field(default_factory=new_request_id)
+
+
+@dataclass(frozen=True)
+class SummarizeRequest:
+    """A document to summarize, or to answer `question` about, however long it is."""
+
+    document: str
+    question: str | None = None
+    params: SamplingParams = SamplingParams()
+    id: str = field(default_factory=new_request_id)
+
+
+Request = ChatRequest | SummarizeRequest
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    stage: LoadStage
+    done: int
+    total: int
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class LoadFailed:
+    message: str
+
+
+@dataclass(frozen=True)
+class GenerationStarted:
+    request_id: str
+    prompt_tokens: int
+    dropped_rounds: tuple[int, ...] = ()  # indices into the request's history that the model will not see
+
+
+@dataclass(frozen=True)
+class PrefillProgress:
+    """The prompt is being read: `done` of `total` tokens' worth of work."""
+
+    request_id: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ChunkProgress:
+    """Long-document summarization: part `done` of `total` model calls finished."""
+
+    request_id: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    request_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    prompt_tokens: int
+    new_tokens: int
+    time_to_first_token_s: float
+    tokens_per_s: float
+    total_s: float
+
+
+@dataclass(frozen=True)
+class GenerationFinished:
+    request_id: str
+    reason: FinishReason
+    text: str  # the whole reply (for a summary: the final one); equals the joined deltas
+    stats: GenerationStats
+
+
+@dataclass(frozen=True)
+class GenerationFailed:
+    request_id: str
+    message: str  # one line, for the user
+
+
+Event = (LoadProgress | LoadFailed | GenerationStarted | PrefillProgress | ChunkProgress | TextDelta
+         | GenerationFinished | GenerationFailed)
+EventCallback = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How a prompt uses the context window, in tokens, exactly as the model would read it."""
+
+    window: int
+    history_tokens: int  # the kept rounds, with their markers and [gMASK] <sop>
+    instruction_tokens: int
+    query_tokens: int  # the draft being typed
+    reserved: int  # room kept for the reply
+    dropped_rounds: tuple[int, ...]  # oldest-first indices of rounds left out to make room
+    fits: bool  # False: even alone, the query (with the instruction) leaves no room for the reply
+
+    @property
+    def used(self) -> int:
+        return self.history_tokens + self.instruction_tokens + self.query_tokens
+
+    @property
+    def free(self) -> int:
+        return self.window - self.used - self.reserved
+
+
+class Engine(Protocol):
+    """The small interface both the CLI and the TUI use."""
+
+    @property
+    def context_window(self) -> int: ...
+
+    def load(self, on_event: EventCallback | None = None) -> None:
+        """Load the model (blocking), reporting progress; raises a ChatGLMError on failure."""
+
+    def submit(self, request: Request, on_event: EventCallback) -> None:
+        """Queue a request; returns at once. Events arrive on `on_event` from the worker thread."""
+
+    def cancel(self, request_id: str) -> None:
+        """Stop a request within one token; what was generated is kept (finished with reason "stopped")."""
+
+    def budget(self, history: Sequence[Round], query: str, instruction: str | None = None,
+               reserve: int = 512) -> Budget:
+        """The context budget of a prompt (tokenizer only, fast enough for every keystroke)."""
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the worker (cancelling what runs) and join it."""
