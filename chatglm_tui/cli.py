@@ -1,8 +1,14 @@
-"""The `chatglm` command. Heavy imports (torch, textual) happen inside commands so `--help` is instant."""
+"""The `chatglm` command. Heavy imports (torch, textual) happen inside commands so `--help` is instant.
+
+Exit codes: 0 ok, 1 a user error (one line on stderr), 2 usage, 130 interrupted (Ctrl+C).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
+from typing import Optional
 
 import typer
 
@@ -10,7 +16,7 @@ from chatglm_tui import __version__
 from chatglm_tui.errors import ChatGLMError
 
 app = typer.Typer(add_completion=False, help="A fast, faithful terminal chat for ChatGLM-6B.",
-                  context_settings={"help_option_names": ["-h", "--help"]})
+                  context_settings={"help_option_names": ["-h", "--help"]}, rich_markup_mode=None)
 
 
 def _print_version(value: bool) -> None:
@@ -37,6 +43,60 @@ def version_command() -> None:
 
 
 @app.command()
+def ask(
+    question: Optional[str] = typer.Argument(None, help="The question. With text piped on stdin, the question "
+                                                        "about it; without one, the text is summarized."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A checkpoint directory or a Hub repo id."),
+    quantization: Optional[str] = typer.Option(None, help="int4, int8 or none."),
+    dtype: Optional[str] = typer.Option(None, help="auto, float32, bfloat16 or float16."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N or mps."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (0: greedy)."),
+    top_p: Optional[float] = typer.Option(None, help="Nucleus sampling mass."),
+    top_k: Optional[int] = typer.Option(None, help="Sample among this many best tokens (0: all)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Longest reply, in tokens."),
+    seed: Optional[int] = typer.Option(None, help="Random seed: the same seed gives the same reply."),
+    greedy: bool = typer.Option(False, "--greedy", help="Always take the most likely token (no sampling)."),
+    instruction: Optional[str] = typer.Option(None, help="An instruction the model follows for this chat."),
+    continue_last: bool = typer.Option(False, "--continue", "-c", help="Continue the last conversation."),
+    session: Optional[str] = typer.Option(None, "--session", "-s", help="Continue this conversation (id, "
+                                                                         "unique id prefix or exact title)."),
+    no_save: bool = typer.Option(False, "--no-save", help="Do not save this exchange."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (reply, tokens, timings, id)."),
+    render: bool = typer.Option(False, "--render", help="Render the reply as Markdown (on a terminal)."),
+) -> None:
+    """Ask one question, or summarize / ask about text piped on stdin; the reply streams to stdout."""
+    from chatglm_tui.ask import AskOptions, run_ask
+    from chatglm_tui.settings import apply_overrides, load_settings
+
+    settings, _ = load_settings()
+    settings = apply_overrides(settings, model=model, quantization=quantization, dtype=dtype, device=device,
+                               temperature=0.0 if greedy else temperature, top_p=top_p, top_k=top_k,
+                               max_new_tokens=max_new_tokens, seed=seed, instruction=instruction)
+    options = AskOptions(question, settings, continue_last, session, not no_save, as_json, render)
+    raise typer.Exit(run_ask(options))
+
+
+config_app = typer.Typer(help="Show the effective configuration and where it lives.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print every setting with its value and where it came from (default, config file, environment)."""
+    from chatglm_tui.settings import format_settings, load_settings
+
+    typer.echo(format_settings(*load_settings()))
+
+
+@config_app.command("path")
+def config_path_command() -> None:
+    """Print the path of the config file (it need not exist)."""
+    from chatglm_tui.settings import config_path
+
+    typer.echo(str(config_path()))
+
+
+@app.command()
 def bench(
     config: str = typer.Option("6b", help="Model size: 6b (ChatGLM-6B) or tiny."),
     quantization: str = typer.Option("int4", help="int4 or int8."),
@@ -59,13 +119,35 @@ def bench(
     typer.echo(result.to_json() if as_json else format_table(result))
 
 
+def _register_subcommands() -> None:
+    from chatglm_tui import model_commands, session_commands
+
+    app.add_typer(session_commands.app, name="sessions")
+    app.add_typer(model_commands.app, name="model")
+
+
+_register_subcommands()
+
+
 def main() -> None:
-    """Console-script entry point: user errors become one line on stderr and a non-zero exit, no traceback."""
+    """Console-script entry point: user errors become one line on stderr and a non-zero exit, no traceback.
+
+    CHATGLM_DEBUG=1 prints the traceback as well.
+    """
+    from chatglm_tui.model.memory import return_large_frees_to_the_os
+
+    return_large_frees_to_the_os()
     try:
-        app()
-    except ChatGLMError as exc:
-        typer.echo(f"chatglm: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # usage errors (bad options): the parser's own message, exit 2
+        exc.show()
+        sys.exit(getattr(exc, "exit_code", 2))
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("chatglm: interrupted", err=True)
         sys.exit(130)
+    except ChatGLMError as exc:
+        if os.environ.get("CHATGLM_DEBUG"):
+            traceback.print_exc()
+        typer.echo(f"chatglm: {' '.join(str(exc).split())}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,49 @@
+"""`chatglm model …`: download a checkpoint, describe it, print where it is."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Model checkpoints: download, inspect, locate.", no_args_is_help=True)
+_REF_HELP = "A checkpoint directory or Hub repo id (default: the configured model)."
+
+
+def _ref(ref: Optional[str]) -> str:
+    if ref:
+        return ref
+    from chatglm_tui.settings import load_settings
+
+    return load_settings()[0].model
+
+
+@app.command("pull")
+def pull(ref: Optional[str] = typer.Argument(None, help=_REF_HELP)) -> None:
+    """Download a model from the Hugging Face Hub (only its weights, config and tokenizer; never code)."""
+    from chatglm_tui.hub import pull_model
+
+    typer.echo(str(pull_model(_ref(ref))))
+
+
+@app.command("path")
+def path(ref: Optional[str] = typer.Argument(None, help=_REF_HELP)) -> None:
+    """Print the local directory of a model (without downloading)."""
+    from chatglm_tui.hub import resolve_model
+
+    typer.echo(str(resolve_model(_ref(ref))))
+
+
+@app.command("info")
+def info(ref: Optional[str] = typer.Argument(None, help=_REF_HELP),
+         as_json: bool = typer.Option(False, "--json", help="One JSON object.")) -> None:
+    """Describe a local model: sizes, layout, quantization, files."""
+    from chatglm_tui.hub import model_info, resolve_model
+
+    details = model_info(resolve_model(_ref(ref)))
+    if as_json:
+        typer.echo(json.dumps(details, ensure_ascii=False, indent=2, default=str))
+        return
+    for key, value in details.items():
+        typer.echo(f"{key}: {value}")

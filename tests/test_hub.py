@@ -1,0 +1,264 @@
+"""Model resolution: local directories, a hand-built Hugging Face cache, and one-line errors; never the network."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+
+import httpx2
+import huggingface_hub
+import huggingface_hub.constants
+import pytest
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
+
+from chatglm_tui.errors import CheckpointError
+from chatglm_tui.hub import (
+    ALLOW_PATTERNS,
+    ModelNotFoundError,
+    hub_cache_dir,
+    is_repo_id,
+    model_info,
+    pull_model,
+    resolve_model,
+)
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+REPO = "owner/tiny-chatglm"
+
+
+@pytest.fixture(autouse=True)
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    """HF_HOME in a temporary folder and the Hub offline, read at call time by chatglm_tui.hub."""
+    home = tmp_path / "hf-home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    # huggingface_hub read HF_HUB_OFFLINE when it was imported; force it too, so no request can leave.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return home
+
+
+def _cache_repo(home: Path, repo: str = REPO, files: tuple[str, ...] = ("config.json",)) -> Path:
+    """The Hugging Face cache layout by hand: refs/main -> commit, snapshots/<commit>/<files>."""
+    storage = home / "hub" / ("models--" + repo.replace("/", "--"))
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text(COMMIT, encoding="utf-8")
+    snapshot = storage / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    for name in files:
+        (snapshot / name).write_text(json.dumps({"hidden_size": 64}), encoding="utf-8")
+    return snapshot
+
+
+def _one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
+    message = str(error.value)
+    assert message and "\n" not in message
+    return message
+
+
+def test_local_directory_resolves(tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    assert resolve_model(str(checkpoint)) == checkpoint
+    assert resolve_model(str(checkpoint), download=True) == checkpoint
+    assert pull_model(str(checkpoint)) == checkpoint
+
+
+def test_file_path_asks_for_the_directory(tmp_path):
+    weights = tmp_path / "pytorch_model.bin"
+    weights.write_bytes(b"x")
+    with pytest.raises(CheckpointError) as error:
+        resolve_model(str(weights))
+    message = _one_line(error)
+    assert "is a file, not a directory" in message and f"--model {tmp_path}" in message
+
+
+@pytest.mark.parametrize("ref", ["chatglm-6b", "owner/bad--name", "owner/", "a b/c"])
+def test_bad_ref(ref):
+    with pytest.raises(ModelNotFoundError) as error:
+        resolve_model(ref, download=True)
+    message = _one_line(error)
+    assert "neither an existing local directory nor a Hugging Face repo id" in message
+    assert "--model PATH" in message
+
+
+@pytest.mark.parametrize("ref", ["./models/chatglm", "/no/such/dir", "models/chatglm/int4"])
+def test_missing_path(ref):
+    with pytest.raises(ModelNotFoundError) as error:
+        resolve_model(ref, download=True)
+    assert "does not exist" in _one_line(error)
+
+
+def test_cached_repo_resolves_offline(offline_hub):
+    snapshot = _cache_repo(offline_hub, files=("config.json", "ice_text.model", "pytorch_model.bin"))
+    assert resolve_model(REPO) == snapshot
+    assert resolve_model(REPO, download=True) == snapshot
+    assert pull_model(REPO) == snapshot
+
+
+def test_cache_follows_hf_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    assert hub_cache_dir() == tmp_path / "elsewhere"
+    snapshot = _cache_repo(tmp_path / "elsewhere-home")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere-home" / "hub"))
+    assert resolve_model(REPO) == snapshot
+
+
+def test_hub_cache_dir_follows_hf_home(offline_hub):
+    assert hub_cache_dir() == offline_hub / "hub"
+
+
+def test_absent_repo_offline_message(offline_hub):
+    with pytest.raises(ModelNotFoundError) as error:
+        resolve_model(REPO, download=True)
+    message = _one_line(error)
+    assert message == (
+        f"the model {REPO} is not downloaded and the Hugging Face Hub cannot be reached: run "
+        f"`chatglm model pull {REPO}` when online, or pass --model PATH to a local checkpoint directory "
+        "(HF_HUB_OFFLINE is set)"
+    )
+    with pytest.raises(ModelNotFoundError, match="cannot be reached"):
+        pull_model(REPO)
+
+
+def test_not_downloaded_gives_pull_hint(offline_hub):
+    with pytest.raises(ModelNotFoundError) as error:
+        resolve_model(REPO)
+    message = _one_line(error)
+    assert f"the model {REPO} is not downloaded yet" in message
+    assert f"`chatglm model pull {REPO}`" in message and "--model PATH" in message
+    assert "cannot be reached" not in message
+
+
+def test_snapshot_without_config_is_not_a_model(offline_hub):
+    _cache_repo(offline_hub, files=("ice_text.model",))  # an interrupted first download
+    with pytest.raises(ModelNotFoundError, match="not downloaded yet"):
+        resolve_model(REPO)
+
+
+def _fake_hub(monkeypatch, error: BaseException) -> list[dict]:
+    """Online mode where snapshot_download raises `error` (the cache lookup finds nothing); records calls."""
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls: list[dict] = []
+
+    def fake_snapshot_download(repo_id: str, **kwargs: object) -> str:
+        calls.append({"repo_id": repo_id, **kwargs})
+        if kwargs.get("local_files_only"):
+            raise LocalEntryNotFoundError("not in the cache")
+        raise error
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    return calls
+
+
+def _response(status: int) -> httpx2.Response:
+    return httpx2.Response(status, request=httpx2.Request("GET", f"https://huggingface.co/api/models/{REPO}"))
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (GatedRepoError("gated", response=_response(401)), f"{REPO} is gated: accept its terms"),
+        (RepositoryNotFoundError("404 Client Error", response=_response(404)), "does not exist or is private"),
+        (HfHubHTTPError("500 Server Error\ndetails", response=_response(500)),
+         f"downloading {REPO} from the Hugging Face Hub failed (HTTP 500): 500 Server Error;"),
+        (LocalEntryNotFoundError("connection problem"), "cannot be reached"),
+        (httpx2.ConnectError("refused"), "cannot be reached"),
+        (TimeoutError("slow"), "cannot be reached"),
+        (OSError(28, "No space left on device"), "could not save"),
+    ],
+)
+def test_download_errors_are_one_line(monkeypatch, error, expected):
+    calls = _fake_hub(monkeypatch, error)
+    with pytest.raises(ModelNotFoundError) as info:
+        pull_model(REPO)
+    message = _one_line(info)
+    assert expected in message
+    assert "HF_HUB_OFFLINE" not in message  # mentioned only when it is set
+    assert calls[-1]["repo_id"] == REPO and not calls[-1].get("local_files_only")
+
+
+def test_download_asks_only_for_weights_and_configs(monkeypatch, offline_hub):
+    calls = _fake_hub(monkeypatch, httpx2.ConnectError("refused"))
+    with pytest.raises(ModelNotFoundError):
+        resolve_model(REPO, download=True)
+    assert [call.get("local_files_only", False) for call in calls] == [True, False]
+    for call in calls:
+        assert call["allow_patterns"] == list(ALLOW_PATTERNS)
+        assert "trust_remote_code" not in call
+        assert call["cache_dir"] == offline_hub / "hub"
+
+
+def test_allow_patterns_exclude_code():
+    def allowed(name: str) -> bool:
+        return any(fnmatch.fnmatch(name, pattern) for pattern in ALLOW_PATTERNS)
+
+    for name in ("config.json", "ice_text.model", "pytorch_model-00001-of-00008.bin", "pytorch_model.bin.index.json",
+                 "model.safetensors", "model.safetensors.index.json", "tokenizer_config.json"):
+        assert allowed(name), name
+    for name in ("modeling_chatglm.py", "quantization.py", "tokenization_chatglm.py", "README.md"):
+        assert not allowed(name), name
+
+
+@pytest.mark.parametrize(("ref", "expected"), [
+    ("THUDM/chatglm-6b", True), ("THUDM/chatglm-6b-int4", True), ("chatglm-6b", False),
+    ("a/b/c", False), ("a/b--c", False), ("/abs/path", False),
+])
+def test_is_repo_id(ref, expected):
+    assert is_repo_id(ref) is expected
+
+
+def test_model_info_fp16(fixture_dir):
+    info = model_info(fixture_dir / "fp16")
+    assert info["directory"] == str(fixture_dir / "fp16")
+    assert info["config"] == {"hidden_size": 64, "num_layers": 2, "num_attention_heads": 4, "vocab_size": 130528,
+                              "max_sequence_length": 2048, "quantization_bit": 0}
+    assert [w["name"] for w in info["weights"]] == [f"pytorch_model-0000{i}-of-00004.bin" for i in range(1, 5)]
+    sizes = [(fixture_dir / "fp16" / w["name"]).stat().st_size for w in info["weights"]]
+    assert [w["size"] for w in info["weights"]] == sizes and info["total_size"] == sum(sizes)
+    assert (info["precision"], info["sharded"], info["format"]) == ("fp16", True, "bin")
+    assert info["layout"] == "fp16, 4 bin shards"
+
+
+def test_model_info_int4(fixture_dir):
+    info = model_info(fixture_dir / "int4")
+    assert info["config"]["quantization_bit"] == 4
+    assert info["weights"] == [{"name": "pytorch_model.bin",
+                                "size": (fixture_dir / "int4" / "pytorch_model.bin").stat().st_size}]
+    assert (info["precision"], info["sharded"], info["format"]) == ("int4", False, "bin")
+    assert info["layout"] == "int4, single bin file"
+
+
+def test_model_info_safetensors(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_bit": 8, "num_layers": 28}), encoding="utf-8")
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 10)
+    info = model_info(tmp_path)
+    assert (info["precision"], info["format"], info["sharded"], info["total_size"]) == ("int8", "safetensors",
+                                                                                       False, 10)
+    assert info["config"]["num_layers"] == 28 and info["config"]["hidden_size"] is None
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({}, "has no config.json"),
+    ({"config.json": "{not json"}, "is not readable JSON"),
+    ({"config.json": "[1, 2]"}, "is not a JSON object"),
+    ({"config.json": "{}"}, "has no weight files"),
+])
+def test_model_info_errors(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    with pytest.raises(CheckpointError) as error:
+        model_info(tmp_path)
+    assert expected in _one_line(error)
+
+
+def test_model_info_needs_a_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="not a checkpoint directory"):
+        model_info(tmp_path / "missing")

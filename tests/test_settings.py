@@ -1,0 +1,276 @@
+"""Settings: defaults, then the TOML file, then CHATGLM_* variables; every problem is a one-line ConfigError."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+from chatglm_tui.errors import ChatGLMError
+from chatglm_tui.settings import (
+    FIELDS,
+    ConfigError,
+    Settings,
+    apply_overrides,
+    config_path,
+    format_settings,
+    load_settings,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _error(path: Path, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env or {})
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_defaults_with_no_file(tmp_path):
+    settings, sources = load_settings(tmp_path / "missing.toml", {})
+    assert settings == Settings()
+    assert settings.model == "THUDM/chatglm-6b-int4" and settings.quantization == "int4"
+    assert settings.seed is None and settings.instruction is None and settings.keymap == {}
+    assert sources == {name: "default" for name in FIELDS}
+
+
+def test_config_path_follows_chatglm_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHATGLM_HOME", str(tmp_path))
+    assert config_path() == tmp_path / "config" / "config.toml"
+    assert not config_path().exists()  # looking it up creates nothing
+
+
+def test_default_path_and_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHATGLM_HOME", str(tmp_path))
+    config_path().parent.mkdir(parents=True)
+    config_path().write_text('theme = "light"\n', encoding="utf-8")
+    monkeypatch.setenv("CHATGLM_TOP_K", "7")
+    settings, sources = load_settings()
+    assert (settings.theme, settings.top_k) == ("light", 7)
+    assert sources["theme"] == "config file" and sources["top_k"] == "env CHATGLM_TOP_K"
+
+
+def test_file_overrides_defaults(tmp_path):
+    path = _write(tmp_path, """
+model = "/models/chatglm-6b"
+quantization = "none"
+device = "cuda:1"
+dtype = "bfloat16"
+temperature = 0
+top_p = 1
+top_k = 0
+repetition_penalty = 1.2
+max_new_tokens = 64
+seed = 42
+instruction = "Be brief."
+theme = "chatglm-light"
+""")
+    settings, sources = load_settings(path, {})
+    assert settings == Settings(
+        model="/models/chatglm-6b", quantization="none", device="cuda:1", dtype="bfloat16", temperature=0.0,
+        top_p=1.0, top_k=0, repetition_penalty=1.2, max_new_tokens=64, seed=42, instruction="Be brief.",
+        theme="chatglm-light",
+    )
+    assert isinstance(settings.temperature, float) and isinstance(settings.top_p, float)
+    assert {sources[name] for name in FIELDS if name != "keymap"} == {"config file"}
+    assert sources["keymap"] == "default"
+
+
+def test_env_overrides_file_and_sources_per_field(tmp_path):
+    path = _write(tmp_path, 'model = "a/b"\ntemperature = 0.5\ntop_k = 5\n')
+    env = {
+        "CHATGLM_TEMPERATURE": "0.1",
+        "CHATGLM_SEED": "7",
+        "CHATGLM_INSTRUCTION": "Answer in English.",
+        "CHATGLM_MODEL": "c/d",
+        "CHATGLM_HOME": "/somewhere",  # a path override for paths.py, not a setting
+        "CHATGLM_SHARED": "/elsewhere",
+    }
+    settings, sources = load_settings(path, env)
+    assert (settings.model, settings.temperature, settings.top_k) == ("c/d", 0.1, 5)
+    assert (settings.seed, settings.instruction) == (7, "Answer in English.")
+    assert sources["model"] == "env CHATGLM_MODEL"
+    assert sources["temperature"] == "env CHATGLM_TEMPERATURE"
+    assert sources["top_k"] == "config file"
+    assert sources["seed"] == "env CHATGLM_SEED"
+    assert sources["top_p"] == "default"
+
+
+def test_env_can_unset_optional_values(tmp_path):
+    path = _write(tmp_path, 'seed = 3\ninstruction = "x"\n')
+    settings, sources = load_settings(path, {"CHATGLM_SEED": "none", "CHATGLM_INSTRUCTION": ""})
+    assert settings.seed is None and settings.instruction is None
+    assert sources["seed"] == "env CHATGLM_SEED"
+
+
+def test_bad_toml_names_file_and_line(tmp_path):
+    path = _write(tmp_path, 'model = "a/b"\ntemperature = = 1\n')
+    message = _error(path)
+    assert str(path) in message and "invalid TOML" in message and "line 2" in message
+
+
+def test_config_error_is_a_chatglm_error():
+    assert issubclass(ConfigError, ChatGLMError)
+
+
+def test_unknown_key(tmp_path):
+    path = _write(tmp_path, "temprature = 0.5\n")
+    message = _error(path)
+    assert "unknown key 'temprature'" in message and str(path) in message
+    assert "did you mean 'temperature'" in message and "top_p" in message
+
+
+def test_unknown_table_is_an_unknown_key(tmp_path):
+    assert "unknown key 'generation'" in _error(_write(tmp_path, "[generation]\ntop_k = 3\n"))
+
+
+def test_unreadable_file(tmp_path):
+    (tmp_path / "config.toml").mkdir()
+    assert "cannot read the config file" in _error(tmp_path / "config.toml")
+
+
+def test_non_utf8_file(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_bytes(b'theme = "\xff"\n')
+    assert "not UTF-8" in _error(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('temperature = "hot"', 'invalid temperature = "hot"'),
+        ("temperature = -0.1", "expected a number >= 0"),
+        ("top_p = 0", "invalid top_p = 0"),
+        ("top_p = 1.5", "expected a number > 0 and <= 1"),
+        ("top_k = -1", "expected an integer >= 0"),
+        ("top_k = 2.5", "invalid top_k = 2.5"),
+        ("max_new_tokens = 0", "expected an integer >= 1"),
+        ("max_new_tokens = true", "invalid max_new_tokens = true"),
+        ("repetition_penalty = 0", "expected a number > 0"),
+        ("seed = -1", "invalid seed = -1"),
+        ('quantization = "int3"', "expected one of int4, int8, none"),
+        ('dtype = "fp16"', "expected one of auto, float32, bfloat16, float16"),
+        ('device = "gpu"', "expected cpu, cuda, cuda:N or mps"),
+        ('device = "cuda:x"', 'invalid device = "cuda:x"'),
+        ('model = ""', 'invalid model = ""'),
+        ("model = 3", "invalid model = 3"),
+        ("temperature = nan", "invalid temperature = nan"),
+        ("temperature = inf", "invalid temperature = inf"),
+    ],
+)
+def test_bad_values_in_file(tmp_path, line, expected):
+    path = _write(tmp_path, line + "\n")
+    message = _error(path)
+    assert expected in message and str(path) in message and "expected" in message
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        ("CHATGLM_TEMPERATURE", "hot", "invalid temperature = 'hot' in environment variable CHATGLM_TEMPERATURE"),
+        ("CHATGLM_TOP_P", "2", "expected a number > 0 and <= 1"),
+        ("CHATGLM_TOP_K", "1.5", "invalid top_k = '1.5'"),
+        ("CHATGLM_SEED", "abc", "expected an integer >= 0, or unset"),
+        ("CHATGLM_QUANTIZATION", "int2", "expected one of int4, int8, none"),
+        ("CHATGLM_MODEL", "", "invalid model = ''"),
+    ],
+)
+def test_bad_values_in_env(tmp_path, var, value, expected):
+    message = _error(tmp_path / "missing.toml", {var: value})
+    assert expected in message and var in message
+
+
+def test_keymap_table(tmp_path):
+    path = _write(tmp_path, 'theme = "x"\n[keymap]\n"chat.send" = "ctrl+j"\n"app.help" = "f1"\n')
+    settings, sources = load_settings(path, {})
+    assert settings.keymap == {"chat.send": "ctrl+j", "app.help": "f1"}
+    assert sources["keymap"] == "config file"
+    hash(settings)  # the frozen dataclass stays hashable despite the dict field
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('keymap = "ctrl+j"\n', "expected a [keymap] table"),
+        ('[keymap]\n"chat.send" = 3\n', "invalid keymap entry 'chat.send' = 3"),
+        ('[keymap]\n"chat.send" = ""\n', "expected a non-empty key name"),
+    ],
+)
+def test_bad_keymap(tmp_path, text, expected):
+    path = _write(tmp_path, text)
+    message = _error(path)
+    assert expected in message and str(path) in message
+
+
+def test_format_settings_round_trips_through_toml(tmp_path):
+    path = _write(tmp_path, 'instruction = "say \\"hi\\"\\n\\tthen stop \\\\ ok"\ntop_p = 0.25\n'
+                            '[keymap]\n"chat.send" = "ctrl+j"\n')
+    settings, sources = load_settings(path, {"CHATGLM_TEMPERATURE": "1e-05", "CHATGLM_SEED": "3"})
+    text = format_settings(settings, sources)
+    data = tomllib.loads(text)
+    assert data["instruction"] == 'say "hi"\n\tthen stop \\ ok'
+    assert data["temperature"] == 1e-05 and data["seed"] == 3
+    assert data["keymap"] == {"chat.send": "ctrl+j"}
+    reloaded, _ = load_settings(_write(tmp_path, text), {})
+    assert reloaded == settings
+    lines = text.splitlines()
+    assert any(line.startswith("top_p = 0.25") and line.endswith("# config file") for line in lines)
+    assert any(line.startswith("seed = 3") and line.endswith("# env CHATGLM_SEED") for line in lines)
+    assert any(line.startswith("model = ") and line.endswith("# default") for line in lines)
+
+
+def test_format_settings_leaves_unset_values_unset():
+    settings = Settings()
+    text = format_settings(settings, {name: "default" for name in FIELDS})
+    assert "seed" not in tomllib.loads(text) and "# seed = (not set)" in text
+    assert tomllib.loads(text)["keymap"] == {}
+
+
+def test_format_settings_escapes_control_characters(tmp_path):
+    settings = dataclasses.replace(Settings(), instruction="a\x00b\x7fc😀")
+    data = tomllib.loads(format_settings(settings, {}))
+    assert data["instruction"] == "a\x00b\x7fc😀"
+
+
+def test_apply_overrides_replaces_and_validates():
+    base = Settings()
+    changed = apply_overrides(base, temperature=0, top_k=None, model="x/y", keymap={"app.help": "f2"})
+    assert changed.temperature == 0.0 and isinstance(changed.temperature, float)
+    assert changed.top_k == base.top_k and changed.model == "x/y" and changed.keymap == {"app.help": "f2"}
+    assert base == Settings()  # the original is untouched (frozen)
+    with pytest.raises(ConfigError, match=r"invalid top_p = 2\.0: expected a number > 0 and <= 1"):
+        apply_overrides(base, top_p=2.0)
+    with pytest.raises(ConfigError, match="expected one of int4, int8, none"):
+        apply_overrides(base, quantization="int3")
+    with pytest.raises(ConfigError, match="invalid max_new_tokens = true"):
+        apply_overrides(base, max_new_tokens=True)
+    with pytest.raises(TypeError, match="colour"):
+        apply_overrides(base, colour="red")
+
+
+def test_settings_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().model = "x"  # type: ignore[misc]
+
+
+def test_settings_module_imports_no_heavy_packages():
+    import subprocess
+
+    code = "import sys, chatglm_tui.settings, chatglm_tui.hub; print(' '.join(sorted(sys.modules)))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True).stdout.split())
+    heavy = {"torch", "textual", "huggingface_hub", "chatglm_tui.model"}
+    assert not loaded & heavy
