@@ -103,19 +103,25 @@ class _Conversation:
             if self.conversation is None:
                 raise UsageError("there is no saved conversation to continue: ask without -c first")
         self.history = tuple(self.store.history(self.conversation.id)) if self.conversation else ()
-        if options.save and self.conversation is None:
-            settings = options.settings
-            self.conversation = self.store.create_conversation(
-                _title(question, document), model=settings.model, params=sampling_from(settings).__dict__,
-                instruction=settings.instruction)
+        # A continued conversation keeps its instruction unless a new one is given.
+        self.instruction = options.settings.instruction or (self.conversation.instruction if self.conversation
+                                                            else None)
+        self.title = _title(question, document)
 
     @property
     def id(self) -> str | None:
         return self.conversation.id if self.conversation else None
 
     def save(self, role: str, text: str, **extra: object) -> None:
-        if self.options.save and self.conversation is not None:
-            self.store.add_message(self.conversation.id, role, text, **extra)
+        """Commit one message, creating the conversation with the first one (an aborted start saves nothing)."""
+        if not self.options.save:
+            return
+        if self.conversation is None:
+            settings = self.options.settings
+            self.conversation = self.store.create_conversation(
+                self.title, model=settings.model, params=sampling_from(settings).__dict__,
+                instruction=self.instruction)
+        self.store.add_message(self.conversation.id, role, text, **extra)
 
     def close(self) -> None:
         if self.store is not None:
@@ -256,7 +262,7 @@ def run_ask(options: AskOptions, stdin: TextIO = sys.stdin, stdout: TextIO = sys
             request = SummarizeRequest(document, question, params)
             conversation.save("user", f"{question}\n\n{document}" if question else document)
         else:
-            request = ChatRequest(question, conversation.history, settings.instruction, params)
+            request = ChatRequest(question, conversation.history, conversation.instruction, params)
             conversation.save("user", question)
         events: queue.Queue = queue.Queue()
         engine.submit(request, events.put)
