@@ -40,7 +40,7 @@ def test_bench_loads_a_checkpoint(fixture_dir):
                                       "--new-tokens", "3", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["source"].endswith("int4") and report["quantization"] == "int4-row"
+    assert report["source"].endswith("int4") and report["quantization"].startswith("int4-row")
 
 
 def test_bench_exact_path_on_the_cpu():

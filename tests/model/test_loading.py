@@ -125,7 +125,8 @@ def test_old_150528_vocabulary(fp16_copy):
 
 
 def test_shape_mismatch_names_the_tensor_and_file(fp16_copy):
-    _edit_config(fp16_copy, inner_hidden_size=128)
+    inner = json.loads((fp16_copy / "config.json").read_text())["inner_hidden_size"]
+    _edit_config(fp16_copy, inner_hidden_size=inner * 2)
     with pytest.raises(CheckpointError, match=r"pytorch_model-0000\d-of-00004.bin: .*dense_h_to_4h"):
         load_model(fp16_copy)
 
