@@ -12,16 +12,19 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
-from typing import TextIO
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from chatglm_tui.engine.protocol import (
     ChatRequest,
     ChunkProgress,
+    Event,
     GenerationFailed,
     GenerationFinished,
     GenerationStarted,
     LoadProgress,
     PrefillProgress,
+    Request,
     SamplingParams,
     SummarizeRequest,
     TextDelta,
@@ -29,6 +32,10 @@ from chatglm_tui.engine.protocol import (
 from chatglm_tui.errors import ChatGLMError, GenerationError
 from chatglm_tui.settings import Settings
 from chatglm_tui.terminal import StatusLine, is_terminal, safe_for
+
+if TYPE_CHECKING:
+    from chatglm_tui.engine.worker import InferenceWorker
+    from chatglm_tui.store import Conversation, SessionStore
 
 EXIT_INTERRUPTED = 130
 
@@ -94,15 +101,16 @@ class _Conversation:
 
         self.options = options
         needs_store = options.save or options.continue_last or options.session
-        self.store = SessionStore(default_store_path()) if needs_store else None
-        self.conversation = None
-        if options.session:
+        self.store: SessionStore | None = SessionStore(default_store_path()) if needs_store else None
+        self.conversation: Conversation | None = None
+        if self.store is not None and options.session:
             self.conversation = self.store.resolve(options.session)
-        elif options.continue_last:
+        elif self.store is not None and options.continue_last:
             self.conversation = self.store.latest()
             if self.conversation is None:
                 raise UsageError("there is no saved conversation to continue: ask without -c first")
-        self.history = tuple(self.store.history(self.conversation.id)) if self.conversation else ()
+        self.history = (tuple(self.store.history(self.conversation.id))
+                        if self.store is not None and self.conversation else ())
         # A continued conversation keeps its instruction unless a new one is given.
         self.instruction = options.settings.instruction or (self.conversation.instruction if self.conversation
                                                             else None)
@@ -112,9 +120,9 @@ class _Conversation:
     def id(self) -> str | None:
         return self.conversation.id if self.conversation else None
 
-    def save(self, role: str, text: str, **extra: object) -> None:
+    def save(self, role: Literal["user", "assistant"], text: str, **extra: Any) -> None:
         """Commit one message, creating the conversation with the first one (an aborted start saves nothing)."""
-        if not self.options.save:
+        if not self.options.save or self.store is None:
             return
         if self.conversation is None:
             settings = self.options.settings
@@ -128,7 +136,7 @@ class _Conversation:
             self.store.close()
 
 
-def _load_engine(settings: Settings, status: StatusLine):  # noqa: ANN202 (an InferenceWorker)
+def _load_engine(settings: Settings, status: StatusLine) -> InferenceWorker:
     from chatglm_tui.engine.worker import InferenceWorker, model_loader
     from chatglm_tui.hub import resolve_model
 
@@ -177,9 +185,9 @@ class _CtrlC:
 
     def __init__(self) -> None:
         self.pressed = threading.Event()
-        self.previous = None
+        self.previous: Any = None
 
-    def _handler(self, signum: int, frame: object) -> None:
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
         if self.pressed.is_set():
             raise KeyboardInterrupt
         self.pressed.set()
@@ -194,7 +202,8 @@ class _CtrlC:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def _wait(engine, request, events: queue.Queue, printer: _Printer, status: StatusLine) -> tuple[object, bool]:
+def _wait(engine: InferenceWorker, request: Request, events: queue.Queue[Event], printer: _Printer,
+          status: StatusLine) -> tuple[GenerationFinished | GenerationFailed, bool]:
     """Consume events until the request ends; Ctrl+C cancels it and keeps waiting for the partial reply."""
     cancelled = False
     with _CtrlC() as ctrl_c:
@@ -210,7 +219,7 @@ def _wait(engine, request, events: queue.Queue, printer: _Printer, status: Statu
                 return event, ctrl_c.pressed.is_set()
 
 
-def _handle(event: object, printer: _Printer, status: StatusLine) -> object | None:
+def _handle(event: Event, printer: _Printer, status: StatusLine) -> GenerationFinished | GenerationFailed | None:
     """Show one event; return it if it ends the request."""
     if isinstance(event, TextDelta):
         status.clear()
@@ -258,13 +267,15 @@ def run_ask(options: AskOptions, stdin: TextIO = sys.stdin, stdout: TextIO = sys
     try:
         engine = _load_engine(settings, status)
         params = sampling_from(settings)
+        request: Request
         if document is not None:
             request = SummarizeRequest(document, question, params)
             conversation.save("user", f"{question}\n\n{document}" if question else document)
         else:
+            assert question is not None  # checked above: a question or a document
             request = ChatRequest(question, conversation.history, conversation.instruction, params)
             conversation.save("user", question)
-        events: queue.Queue = queue.Queue()
+        events: queue.Queue[Event] = queue.Queue()
         engine.submit(request, events.put)
         printer = _Printer(stdout, streaming=not (options.as_json or options.render))
         event, interrupted = _wait(engine, request, events, printer, status)

@@ -10,6 +10,7 @@ from chatglm_tui.engine.protocol import (
     Budget,
     ChatRequest,
     EventCallback,
+    FinishReason,
     GenerationFinished,
     GenerationStarted,
     GenerationStats,
@@ -62,7 +63,7 @@ class FakeEngine:
             delta = reply[start:start + self.chunk_size]
             sent += delta
             on_event(TextDelta(request.id, delta))
-        reason = "stopped" if request.id in self._cancelled else "eos"
+        reason: FinishReason = "stopped" if request.id in self._cancelled else "eos"
         stats = GenerationStats(self._count(query), len(sent), self.delay, 0.0, self.delay * len(sent))
         on_event(GenerationFinished(request.id, reason, sent, stats))
 

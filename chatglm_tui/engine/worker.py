@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, cast
 
 from chatglm_tui.engine.budget import plan_budget, prompt_text
 from chatglm_tui.engine.protocol import (
@@ -25,6 +26,7 @@ from chatglm_tui.engine.protocol import (
     GenerationStats,
     LoadFailed,
     LoadProgress,
+    LoadStage,
     PrefillProgress,
     Request,
     Round,
@@ -35,7 +37,10 @@ from chatglm_tui.engine.protocol import (
 from chatglm_tui.engine.summarize import Summarizer
 from chatglm_tui.errors import ChatGLMError, ContextOverflowError
 
-Loader = Callable[[Callable[[LoadProgress], None]], "ChatGLM"]  # noqa: F821 (model.chat.ChatGLM, kept lazy)
+if TYPE_CHECKING:  # the model (and torch) is imported on the worker thread only
+    from chatglm_tui.model.chat import ChatGLM
+
+Loader = Callable[[Callable[[LoadProgress | LoadFailed], None]], "ChatGLM"]
 
 
 class _Stopped(Exception):
@@ -56,7 +61,7 @@ class InferenceWorker(threading.Thread):
         self._ready = threading.Event()
         self._load_error: ChatGLMError | None = None
         self._on_load: EventCallback | None = None
-        self.glm = None
+        self.glm: ChatGLM | None = None
 
     # ---------------------------------------------------------------- the Engine interface (any thread)
 
@@ -82,9 +87,7 @@ class InferenceWorker(threading.Thread):
 
     def budget(self, history: Sequence[Round], query: str, instruction: str | None = None,
                reserve: int = 512) -> Budget:
-        if self.glm is None:
-            raise ChatGLMError("the model is not loaded yet")
-        return plan_budget(self.glm.tokenizer, self.context_window, history, query, instruction, reserve)
+        return plan_budget(self._model.tokenizer, self.context_window, history, query, instruction, reserve)
 
     def close(self, timeout: float = 1.0) -> None:
         self._closing.set()
@@ -108,6 +111,12 @@ class InferenceWorker(threading.Thread):
             if item is None:
                 break
             self._serve(*item)
+
+    @property
+    def _model(self) -> ChatGLM:
+        if self.glm is None:
+            raise ChatGLMError("the model is not loaded yet")
+        return self.glm
 
     def _emit_load(self, event: LoadProgress | LoadFailed) -> None:
         if self._on_load is not None:
@@ -142,7 +151,8 @@ class InferenceWorker(threading.Thread):
                 f"{params.max_new_tokens}-token reply it does not fit the {budget.window}-token window: "
                 "shorten it, or ask for a shorter reply")
         kept = request.history[len(budget.dropped_rounds):]
-        ids = self.glm.tokenizer.encode(prompt_text(kept, request.query, request.instruction), parse_special=False)
+        ids = self._model.tokenizer.encode(prompt_text(kept, request.query, request.instruction),
+                                           parse_special=False)
         on_event(GenerationStarted(request.id, len(ids), budget.dropped_rounds))
         text, reason, stats = self._generate(request.id, ids, params, on_event, stream=True)
         on_event(GenerationFinished(request.id, reason, text, stats))
@@ -152,7 +162,7 @@ class InferenceWorker(threading.Thread):
         final: dict[str, object] = {}
 
         def generate(prompt: str, max_new_tokens: int, is_final: bool) -> str:
-            ids = self.glm.tokenizer.encode(prompt, parse_special=False)
+            ids = self._model.tokenizer.encode(prompt, parse_special=False)
             if is_final:
                 on_event(GenerationStarted(request.id, len(ids)))
             params = SamplingParams(**{**request.params.__dict__, "max_new_tokens": max_new_tokens})
@@ -162,7 +172,7 @@ class InferenceWorker(threading.Thread):
                 raise _Stopped
             return text
 
-        summarizer = Summarizer(self.glm.tokenizer, self.context_window, generate,
+        summarizer = Summarizer(self._model.tokenizer, self.context_window, generate,
                                 lambda done, total: on_event(ChunkProgress(request.id, done, total)))
         try:
             summarizer.run(request.document, request.question, request.params.max_new_tokens)
@@ -192,9 +202,9 @@ class InferenceWorker(threading.Thread):
             self._check(request_id)
             on_event(PrefillProgress(request_id, len(ids) * done // total, len(ids)))
 
-        decoder = self.glm.response_decoder()
+        decoder = self._model.response_decoder()
         batch = _DeltaBatcher(request_id, on_event if stream else None, self.flush_tokens, self.flush_seconds)
-        tokens = self.glm.generate_ids(ids, gen, on_prefill_layer=on_layer)
+        tokens = self._model.generate_ids(ids, gen, on_prefill_layer=on_layer)
         reason: FinishReason = "stopped"
         try:
             for token in tokens:
@@ -239,12 +249,13 @@ class _DeltaBatcher:
 def model_loader(path: str, quantization: str | None = "int4", device: str = "cpu", dtype: str = "auto") -> Loader:
     """A loader for InferenceWorker that loads a checkpoint directory with load_model()."""
 
-    def load(progress: Callable[[LoadProgress], None]):  # noqa: ANN202 (returns model.chat.ChatGLM)
+    def load(progress: Callable[[LoadProgress | LoadFailed], None]) -> ChatGLM:
         progress(LoadProgress("read", 0, 1, f"loading {path}"))
-        from chatglm_tui.model import load_model  # torch is imported here, on the worker thread
+        from chatglm_tui.model.chat import load_model  # torch is imported here, on the worker thread
 
         glm = load_model(path, quantization=quantization, device=device, dtype=dtype,
-                         progress=lambda stage, done, total: progress(LoadProgress(stage, done, total)))
+                         progress=lambda stage, done, total: progress(
+                             LoadProgress(cast(LoadStage, stage), done, total)))
         progress(LoadProgress("ready", 1, 1))
         return glm
 

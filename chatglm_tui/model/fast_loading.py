@@ -230,6 +230,13 @@ def _convert(directory: Path, model: ChatGLMForCausalLM, scheme: QuantScheme, si
     converter.finish()
 
 
+def _in_memory(directory: Path, model: ChatGLMForCausalLM, scheme: QuantScheme,
+               progress: Progress | None) -> dict[str, Tensor]:
+    tensors: dict[str, Tensor] = {}
+    _convert(directory, model, scheme, tensors.__setitem__, progress)
+    return tensors
+
+
 def _fast_tensors(directory: Path, model: ChatGLMForCausalLM, scheme: QuantScheme,
                   progress: Progress | None) -> dict[str, Tensor]:
     files = find_weight_files(directory) + [directory / "config.json"]
@@ -245,16 +252,18 @@ def _fast_tensors(directory: Path, model: ChatGLMForCausalLM, scheme: QuantSchem
     except CacheMiss as miss:
         log.info("quantized cache %s: %s; building it", target, miss)
     try:
-        writer = CacheWriter(target, state_specs(model), {"format": "1", "source_key": key, "scheme": scheme.tag,
-                                             "source": str(directory.resolve())})
-    except OSError as exc:  # read-only or full cache directory: quantize in memory, every time
+        writer = CacheWriter(target, state_specs(model), {"source_key": key, "scheme": scheme.tag,
+                                                          "source": str(directory.resolve())})
+    except OSError as exc:  # read-only cache directory: quantize in memory, every time
         log.warning("cannot write the quantized cache at %s (%s); quantizing in memory", target, exc)
-        tensors: dict[str, Tensor] = {}
-        _convert(directory, model, scheme, tensors.__setitem__, progress)
-        return tensors
+        return _in_memory(directory, model, scheme, progress)
     try:
         _convert(directory, model, scheme, writer.write, progress)
         writer.commit()
+    except OSError as exc:  # the disk filled up while writing: drop the partial file, keep going in memory
+        writer.abort()
+        log.warning("could not finish the quantized cache at %s (%s); quantizing in memory", target, exc)
+        return _in_memory(directory, model, scheme, progress)
     except BaseException:
         writer.abort()
         raise

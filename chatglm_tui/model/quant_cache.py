@@ -56,7 +56,7 @@ class CacheWriter:
             self.offsets[name] = (position, position + size)
             position += size
         self.data_size = position
-        self.metadata = dict(metadata)
+        self.metadata = {**metadata, "format": FORMAT_VERSION}
         self.crcs = {name: "0" * _CRC_WIDTH for name in specs}
         self.written: set[str] = set()
         path.parent.mkdir(parents=True, exist_ok=True)

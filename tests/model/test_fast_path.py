@@ -184,3 +184,17 @@ def test_fast_path_incomplete_official_checkpoint(fixture_dir, tmp_path):
     with pytest.raises(CheckpointError, match="lacks .*attention.dense"):
         load_model(source)
     assert not list((tmp_path.parent).rglob("*.partial"))
+
+
+def test_disk_full_while_writing_the_cache_still_loads(fixture_dir, cache_home, monkeypatch):
+    import errno
+
+    from chatglm_tui.model.quant_cache import CacheWriter
+
+    def no_space(self, name, tensor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(CacheWriter, "write", no_space)
+    glm = load_model(fixture_dir / "int4")
+    assert glm.chat("你好", do_sample=False, max_new_tokens=3) is not None
+    assert not list(cache_home.rglob("*.partial")) and not _cache_files(cache_home)
