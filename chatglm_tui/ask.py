@@ -138,8 +138,9 @@ class _Conversation:
 
 def _load_engine(settings: Settings, status: StatusLine) -> InferenceWorker:
     from chatglm_tui.engine.worker import InferenceWorker, model_loader
-    from chatglm_tui.hub import resolve_model
+    from chatglm_tui.hub import resolve_model, show_download_progress
 
+    show_download_progress(status.enabled)  # progress only when stderr is a terminal
     path = resolve_model(settings.model, download=True)
     quantization = None if settings.quantization == "none" else settings.quantization
     engine = InferenceWorker(model_loader(str(path), quantization, settings.device, settings.dtype))

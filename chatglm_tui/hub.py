@@ -135,6 +135,13 @@ def _cached_snapshot(ref: str) -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
+def show_download_progress(enabled: bool) -> None:
+    """Turn huggingface_hub's progress bars on or off (off when stderr is not a terminal)."""
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    (enable_progress_bars if enabled else disable_progress_bars)()
+
+
 def _download(ref: str) -> Path:
     """Download repo `ref` (huggingface_hub draws its own progress bars on stderr) and return its snapshot."""
     if _offline_variable() is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Optional
 
 import typer
@@ -22,8 +23,10 @@ def _ref(ref: Optional[str]) -> str:
 @app.command("pull")
 def pull(ref: Optional[str] = typer.Argument(None, help=_REF_HELP)) -> None:
     """Download a model from the Hugging Face Hub (only its weights, config and tokenizer; never code)."""
-    from chatglm_tui.hub import pull_model
+    from chatglm_tui.hub import pull_model, show_download_progress
+    from chatglm_tui.terminal import is_terminal
 
+    show_download_progress(is_terminal(sys.stderr))
     typer.echo(str(pull_model(_ref(ref))))
 
 
