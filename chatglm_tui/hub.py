@@ -137,7 +137,7 @@ def _cached_snapshot(ref: str) -> Path | None:
 
 def show_download_progress(enabled: bool) -> None:
     """Turn huggingface_hub's progress bars on or off (off when stderr is not a terminal)."""
-    from huggingface_hub import disable_progress_bars, enable_progress_bars
+    from huggingface_hub.utils.tqdm import disable_progress_bars, enable_progress_bars
 
     (enable_progress_bars if enabled else disable_progress_bars)()
 
