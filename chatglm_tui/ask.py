@@ -154,12 +154,19 @@ def _load_engine(settings: Settings, status: StatusLine) -> InferenceWorker:
     return engine
 
 
-def _progress_text(event: object) -> str | None:
-    if isinstance(event, PrefillProgress):
-        return f"reading the prompt: {event.done}/{event.total} tokens"
-    if isinstance(event, ChunkProgress):
-        return f"summarizing: part {event.done} of {event.total}"
-    return None
+class _Progress:
+    """The stderr status text: which part of a long document is being read, and how far into its prompt."""
+
+    def __init__(self) -> None:
+        self.part = ""
+
+    def text(self, event: Event) -> str | None:
+        if isinstance(event, ChunkProgress):
+            self.part = f"summarizing part {min(event.done + 1, event.total)} of {event.total} · "
+            return self.part + "starting"
+        if isinstance(event, PrefillProgress):
+            return f"{self.part}reading the prompt: {event.done}/{event.total} tokens"
+        return None
 
 
 class _Printer:
@@ -206,29 +213,30 @@ class _CtrlC:
 def _wait(engine: InferenceWorker, request: Request, events: queue.Queue[Event], printer: _Printer,
           status: StatusLine) -> tuple[GenerationFinished | GenerationFailed, bool]:
     """Consume events until the request ends; Ctrl+C cancels it and keeps waiting for the partial reply."""
-    cancelled = False
+    cancelled, progress = False, _Progress()
     with _CtrlC() as ctrl_c:
         while True:
             if ctrl_c.pressed.is_set() and not cancelled:
                 cancelled = True
                 engine.cancel(request.id)
             try:
-                event = _handle(events.get(timeout=0.05), printer, status)
+                event = _handle(events.get(timeout=0.05), printer, status, progress)
             except queue.Empty:
                 continue
             if event is not None:
                 return event, ctrl_c.pressed.is_set()
 
 
-def _handle(event: Event, printer: _Printer, status: StatusLine) -> GenerationFinished | GenerationFailed | None:
+def _handle(event: Event, printer: _Printer, status: StatusLine,
+            progress: _Progress) -> GenerationFinished | GenerationFailed | None:
     """Show one event; return it if it ends the request."""
     if isinstance(event, TextDelta):
         status.clear()
         printer.write(event.text)
     elif isinstance(event, GenerationStarted) and event.dropped_rounds:
         status.show(f"note: the {len(event.dropped_rounds)} oldest rounds are left out to fit the window")
-    elif (progress := _progress_text(event)) is not None:
-        status.show(progress)
+    elif (text := progress.text(event)) is not None:
+        status.show(text)
     elif isinstance(event, (GenerationFinished, GenerationFailed)):
         status.clear()
         return event
