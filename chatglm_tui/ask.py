@@ -298,6 +298,8 @@ def run_ask(options: AskOptions, stdin: TextIO = sys.stdin, stdout: TextIO = sys
                                  "tokens_per_s": stats.tokens_per_s, "total_s": stats.total_s,
                                  "reason": event.reason})
         _report(event, conversation, options, stdout)
+        if interrupted and status.enabled:
+            stderr.write("stopped" + (": the partial reply is saved\n" if options.save else "\n"))
         return EXIT_INTERRUPTED if interrupted else 0
     finally:
         if engine is not None:
