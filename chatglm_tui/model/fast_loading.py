@@ -27,6 +27,7 @@ from chatglm_tui.model.modeling import ChatGLMForCausalLM, RotaryEmbedding2D
 from chatglm_tui.model.quant_cache import CacheMiss, CacheWriter, read_cache, source_key
 from chatglm_tui.model.quantize import (
     QUANTIZED_LINEARS,
+    dequantize_rows,
     quantize_groups,
     quantize_rows,
     replace_linears,
@@ -145,18 +146,15 @@ class _Converter:
             del self.pending[base + ".weight"], self.pending[base + ".weight_scale"]
             convert(base, weight, scale, source)
 
-    def _dequantize(self, weight: Tensor, scale: Tensor) -> Tensor:
-        q = unpack_int4_rows(weight) if self.config.quantization_bit == 4 else weight
-        return q.float() * scale.float()[:, None]
-
     def _embedding(self, base: str, weight: Tensor, scale: Tensor | None, source: Path) -> None:
         packing = 2 if scale is not None and self.config.quantization_bit == 4 else 1  # two int4 per byte
         self._check(base, (weight.shape[0], weight.shape[1] * packing), source)
         if scale is None:
             q, row_scale = _in_slices(weight, lambda rows: quantize_rows(rows, 8))
         else:
+            bits = self.config.quantization_bit
             q, row_scale = _in_slices(torch.arange(weight.shape[0]), lambda index: quantize_rows(
-                self._dequantize(weight[index], scale[index]), 8))
+                dequantize_rows(weight[index], scale[index], bits), 8))
         self._emit(base + ".weight_q", q, source)
         self._emit(base + ".weight_scale", row_scale, source)
 

@@ -25,10 +25,10 @@ from chatglm_tui.model.config import ChatGLMConfig
 from chatglm_tui.model.modeling import ChatGLMForCausalLM, RotaryEmbedding2D
 from chatglm_tui.model.quantize import (
     QuantizedLinear,
+    dequantize_rows,
     pack_int4_rows,
     quantize_rows,
     replace_linears,
-    unpack_int4_rows,
 )
 
 # progress(stage, done, total): stage "read" (weight files) or "quantize" (tensors converted)
@@ -195,8 +195,7 @@ class _StateCollector:
         scale = self.quantized_embedding.get("transformer.word_embeddings.weight_scale")
         if weight is None or scale is None or weight.dtype != torch.int8:
             raise CheckpointError("quantization_embeddings is set but the quantized word embedding is incomplete")
-        q = unpack_int4_rows(weight) if self.config.quantization_bit == 4 else weight
-        return (q.float() * scale.float()[:, None]).to(device=self.device, dtype=self.dtype)
+        return dequantize_rows(weight, scale, self.config.quantization_bit).to(device=self.device, dtype=self.dtype)
 
 
 def load_checkpoint(directory: Path, dtype: torch.dtype, device: torch.device,

@@ -24,6 +24,12 @@ def unpack_int4_rows(packed: Tensor) -> Tensor:
     return torch.stack((high, low), dim=-1).reshape(packed.shape[0], -1)
 
 
+def dequantize_rows(stored: Tensor, scale: Tensor, bits: int) -> Tensor:
+    """The official layout back to float32 [N, K]: exactly `q * scale`, as the original's kernels compute it."""
+    q = unpack_int4_rows(stored) if bits == 4 else stored
+    return q.float() * scale.float()[:, None]
+
+
 def pack_int4_rows(q: Tensor) -> Tensor:
     """int8 [N, K] in [-8, 7] -> int8 [N, K/2], the official layout (inverse of `unpack_int4_rows`)."""
     pairs = q.reshape(q.shape[0], -1, 2).to(torch.int16)
@@ -83,8 +89,7 @@ class QuantizedLinear(nn.Module):
 
     def dequantized_weight(self, dtype: torch.dtype) -> Tensor:
         """The float weight [out, in]: exactly `q * scale` computed in float32, then cast to `dtype`."""
-        q = unpack_int4_rows(self.weight) if self.bits == 4 else self.weight
-        return (q.float() * self.weight_scale.float()[:, None]).to(dtype)
+        return dequantize_rows(self.weight, self.weight_scale, self.bits).to(dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
