@@ -69,7 +69,9 @@ class SelfAttention(nn.Module):
         # Rows are grouped per head: [q_h | k_h | v_h] for each head h.
         qkv = self.query_key_value(x).view(B, T, self.num_heads, 3 * self.head_dim)
         q, k, v = qkv.split(self.head_dim, dim=-1)  # (B, T, H, D) each
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        # v is copied out so that the 3x-wide projection can be freed before attention (less peak memory).
+        q, k, v = apply_rotary(q, *rope), apply_rotary(k, *rope), v.contiguous()
+        del qkv
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         # The original scales by 1/(sqrt(D) * (layer+1)), masks with -10000 and multiplies (layer+1) back in fp32
         # before the softmax: the same as plain softmax(q k^T / sqrt(D)) with masked keys excluded.
@@ -113,9 +115,9 @@ class GLMBlock(nn.Module):
     def forward(self, x: Tensor, rope: tuple[Tensor, ...], mask: Tensor | None, cache: KVCache | None,
                 start: int) -> Tensor:
         x = self.input_layernorm(x)
-        x = x * self.alpha + self.attention(x, rope, mask, cache, start)
+        x = torch.add(self.attention(x, rope, mask, cache, start), x, alpha=self.alpha)  # one pass, no temporary
         x = self.post_attention_layernorm(x)
-        return x * self.alpha + self.mlp(x)
+        return torch.add(self.mlp(x), x, alpha=self.alpha)
 
 
 class TiedEmbedding(nn.Embedding):

@@ -7,14 +7,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformers.generation.logits_process import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from chatglm_tui.errors import GenerationError
 
@@ -63,8 +55,12 @@ class GenerationParams:
         return cls(**kwargs)  # type: ignore[arg-type]
 
 
-class InvalidScoreLogitsProcessor(LogitsProcessor):
-    """The original's NaN/Inf guard: if any score is not finite, force token 5 (`▁`)."""
+class InvalidScoreLogitsProcessor:
+    """The original's NaN/Inf guard: if any score is not finite, force token 5 (`▁`).
+
+    A plain callable, as transformers' LogitsProcessorList accepts, so that importing this module does not
+    import transformers (half a second): the model can be loaded before anyone samples from it.
+    """
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         if not bool(torch.isfinite(scores).all()):
@@ -77,6 +73,14 @@ class TokenSampler:
     """Turns the last position's logits into the next token id for one sequence."""
 
     def __init__(self, params: GenerationParams, num_pieces: int) -> None:
+        from transformers.generation.logits_process import (
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
         self.params = params
         self.num_pieces = num_pieces  # ids from here up have no tokenizer piece: never emit them
         processors = LogitsProcessorList()
