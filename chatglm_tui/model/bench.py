@@ -20,7 +20,7 @@ import torch
 
 from chatglm_tui.errors import ChatGLMError
 from chatglm_tui.model.config import PRESETS, ChatGLMConfig
-from chatglm_tui.model.fast_loading import QuantScheme, build_fast_model, iter_random_state
+from chatglm_tui.model.fast_loading import DEFAULT_INT4_GROUP, QuantScheme, build_fast_model, iter_random_state
 from chatglm_tui.model.generate import position_ids
 from chatglm_tui.model.chat import resolve_device, resolve_dtype
 from chatglm_tui.model.kv_cache import KVCache
@@ -105,7 +105,7 @@ def _cuda_bandwidth(device: torch.device) -> float:
 
 def _scheme(quantization: str, group_size: int | None) -> QuantScheme:
     if quantization == "int4":
-        return QuantScheme(4, group_size or 128)
+        return QuantScheme(4, group_size or DEFAULT_INT4_GROUP)
     if quantization == "int8":
         return QuantScheme(8, None)
     raise ChatGLMError(f"bench supports --quantization int4 or int8, not {quantization!r}")

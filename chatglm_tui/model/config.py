@@ -49,6 +49,17 @@ class ChatGLMConfig:
         # every config (the tiny fixtures included). Following config.num_layers would be wrong.
         return math.sqrt(2 * 28)
 
+    def bits_for(self, requested: int) -> int:
+        """The bit width the block linears will have: as stored, or `requested` (0, 4, 8) for a float checkpoint.
+
+        Raises CheckpointError when a quantized checkpoint is asked for another width (it cannot be undone).
+        """
+        stored = self.quantization_bit
+        if stored and requested and requested != stored:
+            raise CheckpointError(f"this checkpoint is stored as int{stored} and cannot be re-quantized to "
+                                  f"int{requested}: ask for int{stored} (or none), or use the fp16 checkpoint")
+        return stored or requested
+
     def validate(self) -> None:
         """Raise CheckpointError when the sizes are inconsistent or the layout is not ChatGLM-6B v1."""
         if self.vocab_size == _OLD_VOCAB or self.bos_token_id == 150004:

@@ -60,12 +60,8 @@ class QuantScheme:
 
 def choose_scheme(config: ChatGLMConfig, bits: int, group_size: int | None = None) -> QuantScheme:
     """The scheme for a checkpoint: what it stores if it is quantized, else `bits` with our default groups."""
-    stored = config.quantization_bit
-    if stored:
-        if bits and bits != stored:
-            raise CheckpointError(f"this checkpoint is stored as int{stored} and cannot be re-quantized to "
-                                  f"int{bits}: ask for int{stored} (or none), or use the fp16 checkpoint")
-        return QuantScheme(stored, None)
+    if config.quantization_bit:
+        return QuantScheme(config.bits_for(bits), None)
     if bits == 4:
         return QuantScheme(4, group_size or DEFAULT_INT4_GROUP)
     return QuantScheme(8, None)

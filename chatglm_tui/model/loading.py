@@ -207,11 +207,7 @@ def load_checkpoint(directory: Path, dtype: torch.dtype, device: torch.device,
     """
     config = ChatGLMConfig.from_file(checkpoint_directory(directory) / "config.json")
     stored_bits = config.quantization_bit
-    if quantize_bits and stored_bits and quantize_bits != stored_bits:
-        raise CheckpointError(f"{directory} is stored as int{stored_bits} and cannot be re-quantized to "
-                              f"int{quantize_bits}: ask for int{stored_bits} (or none), or use the fp16 checkpoint")
-    if quantize_bits:
-        config = dataclasses.replace(config, quantization_bit=quantize_bits)
+    config = dataclasses.replace(config, quantization_bit=config.bits_for(quantize_bits))
     model = build_empty_model(config)
     collector = _StateCollector(model, dtype, device, 0 if stored_bits else quantize_bits)
     files = find_weight_files(directory)
