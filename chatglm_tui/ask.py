@@ -6,6 +6,7 @@ stops the reply cleanly: the partial reply is printed, saved as stopped, and the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import signal
@@ -127,7 +128,7 @@ class _Conversation:
         if self.conversation is None:
             settings = self.options.settings
             self.conversation = self.store.create_conversation(
-                self.title, model=settings.model, params=sampling_from(settings).__dict__,
+                self.title, model=settings.model, params=dataclasses.asdict(sampling_from(settings)),
                 instruction=self.instruction)
         self.store.add_message(self.conversation.id, role, text, **extra)
 

@@ -7,6 +7,7 @@ GenerationFailed event and the thread serves the next request; close() joins pro
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -165,7 +166,7 @@ class InferenceWorker(threading.Thread):
             ids = self._model.tokenizer.encode(prompt, parse_special=False)
             if is_final:
                 on_event(GenerationStarted(request.id, len(ids)))
-            params = SamplingParams(**{**request.params.__dict__, "max_new_tokens": max_new_tokens})
+            params = dataclasses.replace(request.params, max_new_tokens=max_new_tokens)
             text, reason, stats = self._generate(request.id, ids, params, on_event, stream=is_final)
             final.update(text=text, reason=reason, stats=stats)
             if reason == "stopped":
@@ -194,9 +195,7 @@ class InferenceWorker(threading.Thread):
         from chatglm_tui.model.sampling import GenerationParams  # torch-side, imported on the worker only
 
         start = time.perf_counter()
-        gen = GenerationParams(do_sample=params.do_sample, temperature=params.temperature, top_p=params.top_p,
-                               top_k=params.top_k, repetition_penalty=params.repetition_penalty,
-                               max_new_tokens=params.max_new_tokens, seed=params.seed)
+        gen = GenerationParams(**dataclasses.asdict(params))  # the same fields, validated on the model side
 
         def on_layer(done: int, total: int) -> None:
             self._check(request_id)
