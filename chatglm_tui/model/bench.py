@@ -22,7 +22,7 @@ from chatglm_tui.errors import ChatGLMError
 from chatglm_tui.model.config import PRESETS, ChatGLMConfig
 from chatglm_tui.model.fast_loading import DEFAULT_INT4_GROUP, QuantScheme, build_fast_model, iter_random_state
 from chatglm_tui.model.generate import position_ids
-from chatglm_tui.model.chat import resolve_device, resolve_dtype
+from chatglm_tui.model.chat import load_model, resolve_device, resolve_dtype
 from chatglm_tui.model.kv_cache import KVCache
 from chatglm_tui.model.loading import build_empty_model
 from chatglm_tui.model.memory import return_large_frees_to_the_os
@@ -183,8 +183,6 @@ def time_generation(model: ChatGLMForCausalLM, prompt_tokens: int, new_tokens: i
 def _build(config: ChatGLMConfig, quantization: str, group_size: int | None, device: torch.device,
            dtype: str, model_path: str | None) -> ChatGLMForCausalLM:
     if model_path:
-        from chatglm_tui.model.chat import load_model  # the full loader, cache included
-
         return load_model(model_path, quantization=quantization, device=device, dtype=dtype).model
     scheme = _scheme(quantization, group_size)
     if device.type == "cpu" and dtype == "auto":
