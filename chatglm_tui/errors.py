@@ -28,3 +28,7 @@ class GenerationError(ChatGLMError):
 
 class DeviceError(ChatGLMError):
     """The requested device or dtype cannot be used on this machine."""
+
+
+class EngineNotReadyError(ChatGLMError):
+    """The engine was asked for something before its tokenizer or model was loaded: wait for the load events."""

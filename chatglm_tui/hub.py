@@ -11,9 +11,19 @@ import importlib
 import json
 import os
 import re
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from chatglm_tui.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from huggingface_hub.utils.tqdm import tqdm as HfTqdm
+
+# Download progress for a UI: (bytes done, bytes total, message). Called from huggingface_hub's download threads.
+DownloadProgress = Callable[[int, int, str], None]
 
 ALLOW_PATTERNS: tuple[str, ...] = (
     "config.json",
@@ -38,8 +48,12 @@ class ModelNotFoundError(CheckpointError):
     """A model reference names no local directory, no cached repository, or one that cannot be downloaded."""
 
 
-def resolve_model(ref: str, *, download: bool = False) -> Path:
-    """The checkpoint directory `ref` names: a local path, else the HF cache, else (if `download`) the Hub."""
+def resolve_model(ref: str, *, download: bool = False, progress: DownloadProgress | None = None) -> Path:
+    """The checkpoint directory `ref` names: a local path, else the HF cache, else (if `download`) the Hub.
+
+    With `progress`, a download reports its bytes there and draws nothing; without, huggingface_hub draws its
+    own bars on stderr.
+    """
     local = _local_directory(ref)
     if local is not None:
         return local
@@ -51,10 +65,10 @@ def resolve_model(ref: str, *, download: bool = False) -> Path:
             f"the model {ref} is not downloaded yet: run `chatglm model pull {ref}` to download it, "
             "or pass --model PATH to a local checkpoint directory"
         )
-    return _download(ref)
+    return _download(ref, progress)
 
 
-def pull_model(ref: str) -> Path:
+def pull_model(ref: str, *, progress: DownloadProgress | None = None) -> Path:
     """Download `ref` into the Hugging Face cache (completing or updating it) and return its directory."""
     local = _local_directory(ref)
     if local is not None:
@@ -64,7 +78,7 @@ def pull_model(ref: str) -> Path:
         cached = _cached_snapshot(ref)
         if cached is not None:
             return cached
-    return _download(ref)
+    return _download(ref, progress)
 
 
 def is_repo_id(ref: str) -> bool:
@@ -142,15 +156,16 @@ def show_download_progress(enabled: bool) -> None:
     (enable_progress_bars if enabled else disable_progress_bars)()
 
 
-def _download(ref: str) -> Path:
-    """Download repo `ref` (huggingface_hub draws its own progress bars on stderr) and return its snapshot."""
+def _download(ref: str, progress: DownloadProgress | None = None) -> Path:
+    """Download repo `ref` and return its snapshot; progress goes to `progress`, else huggingface_hub's bars."""
     if _offline_variable() is not None:
         raise ModelNotFoundError(_offline_message(ref))
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        folder = Path(snapshot_download(ref, allow_patterns=list(ALLOW_PATTERNS), cache_dir=hub_cache_dir()))
+        folder = Path(snapshot_download(ref, allow_patterns=list(ALLOW_PATTERNS), cache_dir=hub_cache_dir(),
+                                        tqdm_class=None if progress is None else _reporting_bar(ref, progress)))
     except GatedRepoError as exc:  # before RepositoryNotFoundError, its base class
         raise ModelNotFoundError(
             f"the Hugging Face repository {ref} is gated: accept its terms at https://huggingface.co/{ref}, "
@@ -176,6 +191,76 @@ def _download(ref: str) -> Path:
     if not (folder / "config.json").is_file():
         raise ModelNotFoundError(f"the repository {ref} has no config.json: it is not a ChatGLM-6B checkpoint")
     return folder
+
+
+class _DownloadReport:
+    """One download's progress, shared by its bars: counts them (from several threads) and calls `progress`."""
+
+    interval = 0.1  # seconds between reports: a UI needs no more, and a multi-GB download has many chunks
+
+    def __init__(self, ref: str, progress: DownloadProgress) -> None:
+        self.ref, self.progress = ref, progress
+        self.lock = threading.RLock()  # re-entrant: a callback that touches a bar must not deadlock
+        self.files_done, self.files_total = 0, 0
+
+    def started(self, bar: HfTqdm, options: dict[str, Any]) -> None:
+        """Classify a new bar: the file count, the bytes written (reported), or something else (ignored)."""
+        name = str(options.get("name") or "")
+        bar.is_bytes = options.get("unit") == "B" and not name.endswith(".transfer")
+        bar.is_files = options.get("unit", "it") == "it"
+        bar.reported_at = 0.0
+        if bar.is_files:
+            self.files_total = int(bar.total or 0)
+
+    def update(self, bar: HfTqdm, n: float) -> None:
+        """Count `n` more units on `bar` (a disabled tqdm does not count) and report, at most every interval."""
+        with self.lock:
+            bar.n += n
+            if bar.is_files:
+                self.files_done = int(bar.n)
+        self.send(bar, force=False)
+
+    def send(self, bar: HfTqdm, force: bool) -> None:
+        """Call `progress` with a byte bar's counts: now if `force`, else if the interval has passed."""
+        now = time.monotonic()
+        if not bar.is_bytes or not (force or now - bar.reported_at >= self.interval):
+            return
+        bar.reported_at = now
+        with self.lock:
+            total = int(bar.total or 0)
+            self.progress(min(int(bar.n), total) if total else int(bar.n), total, self.message())
+
+    def message(self) -> str:
+        files = f" ({self.files_done} of {self.files_total} files)" if self.files_total else ""
+        return f"downloading {self.ref}{files}"
+
+
+def _reporting_bar(ref: str, progress: DownloadProgress) -> type[HfTqdm]:
+    """A tqdm class for snapshot_download that sends byte progress to `progress` and never draws.
+
+    huggingface_hub 2.x gives the class three bars: "Fetching N files" (files done), a transfer bar (bytes off
+    the network, with an estimated total) and "huggingface_hub.snapshot_download" (bytes written, out of the
+    files' sizes). The last is the download progress; the file count goes into the message.
+    """
+    from huggingface_hub.utils.tqdm import tqdm as hf_tqdm
+
+    report = _DownloadReport(ref, progress)
+
+    class ReportingBar(hf_tqdm):
+        """A disabled tqdm, so it writes nothing even when bars are forced on, that reports instead."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "disable": True})  # type: ignore[no-untyped-call]
+            report.started(self, kwargs)
+
+        def update(self, n: float | None = 1) -> None:
+            report.update(self, n or 0)
+
+        def refresh(self, *args: Any, **kwargs: Any) -> None:
+            # snapshot_download refreshes when a file's size joins the total and when the download is done.
+            report.send(self, force=True)
+
+    return ReportingBar
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:

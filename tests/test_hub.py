@@ -262,3 +262,118 @@ def test_model_info_errors(tmp_path, files, expected):
 def test_model_info_needs_a_directory(tmp_path):
     with pytest.raises(CheckpointError, match="not a checkpoint directory"):
         model_info(tmp_path / "missing")
+
+
+def _fake_download(monkeypatch, sizes: dict[str, int], chunk: int = 1000) -> list[dict]:
+    """Online mode with a snapshot_download that drives `tqdm_class` as huggingface_hub 2.x does, offline."""
+    from huggingface_hub.utils._xet_progress_reporting import _update_transfer_bar
+    from huggingface_hub.utils.tqdm import _create_progress_bar, hf_thread_map
+    from huggingface_hub.utils.tqdm import tqdm as hf_tqdm
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls: list[dict] = []
+
+    def fake_snapshot_download(repo_id: str, **kwargs) -> str:
+        calls.append({"repo_id": repo_id, **kwargs})
+        if kwargs.get("local_files_only"):
+            raise LocalEntryNotFoundError("not in the cache")
+        cls = kwargs.get("tqdm_class") or hf_tqdm
+        transfer = _create_progress_bar(cls=cls, log_level=20, name="huggingface_hub.snapshot_download.transfer",
+                                        desc="Downloading bytes", total=0, initial=0, unit="B", unit_scale=True)
+        written = _create_progress_bar(cls=cls, log_level=20, name="huggingface_hub.snapshot_download",
+                                       desc="Reconstructing (incomplete total...)", total=0, initial=0, unit="B",
+                                       unit_scale=True)
+
+        def fetch(name: str) -> None:  # what snapshot_download's _AggregatedTqdm does for each file
+            written.total += sizes[name]
+            transfer.total += sizes[name]
+            written.refresh()
+            for start in range(0, sizes[name], chunk):
+                written.update(min(chunk, sizes[name] - start))
+                _update_transfer_bar(transfer, 3 * chunk)  # network bytes, with a growing estimated total
+
+        hf_thread_map(fetch, list(sizes), desc=f"Fetching {len(sizes)} files", max_workers=1, tqdm_class=cls)
+        transfer.set_description_str("Download complete")
+        written.set_description("Reconstruction complete")
+        snapshot = _cache_repo(Path(hub_cache_dir()).parent)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    return calls
+
+
+def test_download_progress_goes_to_the_callback_in_bytes(monkeypatch, capfd):
+    monkeypatch.setenv("TQDM_POSITION", "-1")  # huggingface_hub's own bars would draw even on a pipe
+    sizes = {"config.json": 300, "pytorch_model.bin": 250_000}
+    calls = _fake_download(monkeypatch, sizes)
+    reports: list[tuple[int, int, str]] = []
+    folder = resolve_model(REPO, download=True, progress=lambda *report: reports.append(report))
+    assert (folder / "config.json").is_file()
+    assert capfd.readouterr().err == ""  # nothing drawn: a TUI owns the terminal
+    assert issubclass(calls[-1]["tqdm_class"], huggingface_hub.utils.tqdm)
+    assert reports[-1] == (sum(sizes.values()), sum(sizes.values()), f"downloading {REPO} (2 of 2 files)")
+    assert all(message.startswith(f"downloading {REPO}") for _, _, message in reports)
+    assert {total for _, total, _ in reports} == {300, 250_300}  # bytes written of the files started so far
+    assert all(done <= total for done, total, _ in reports)
+    assert [done for done, _, _ in reports] == sorted(done for done, _, _ in reports)
+    assert len(reports) < 20  # throttled: not one report per 1000-byte chunk
+
+
+def test_without_a_callback_huggingface_hub_draws_its_bars(monkeypatch, capfd):
+    monkeypatch.setenv("TQDM_POSITION", "-1")
+    calls = _fake_download(monkeypatch, {"config.json": 300})
+    pull_model(REPO)
+    assert calls[-1]["tqdm_class"] is None
+    assert "Fetching 1 files" in capfd.readouterr().err
+
+
+def test_download_progress_is_reported_with_bars_disabled(monkeypatch, capfd):
+    from huggingface_hub.utils.tqdm import disable_progress_bars, enable_progress_bars
+
+    _fake_download(monkeypatch, {"config.json": 300, "pytorch_model.bin": 5000})
+    reports: list[tuple[int, int, str]] = []
+    disable_progress_bars()  # what `chatglm ask` does when stderr is not a terminal
+    try:
+        pull_model(REPO, progress=lambda *report: reports.append(report))
+    finally:
+        enable_progress_bars()
+    assert reports[-1][:2] == (5300, 5300) and capfd.readouterr().err == ""
+
+
+def test_a_real_snapshot_download_reports_bytes(monkeypatch, capfd):
+    """huggingface_hub's own snapshot_download, served by an in-process transport (no network)."""
+    from huggingface_hub.utils import _http
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("TQDM_POSITION", "-1")
+    files = {"config.json": b'{"hidden_size": 64}', "pytorch_model.bin": bytes(300_000), "modeling.py": b"x"}
+    served: list[str] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        path = request.url.path
+        served.append(path)
+        if path.startswith(f"/api/models/{REPO}/tree/"):
+            return httpx2.Response(200, json=[{"type": "file", "path": name, "size": len(body), "oid": "0" * 40}
+                                              for name, body in files.items()])
+        if path == f"/api/models/{REPO}/revision/main":
+            return httpx2.Response(200, json={"id": REPO, "sha": COMMIT,
+                                              "siblings": [{"rfilename": name} for name in files]})
+        name = path.rsplit("/", 1)[-1]
+        if path == f"/{REPO}/resolve/{COMMIT}/{name}" and name in files:
+            body = files[name]
+            headers = {"X-Repo-Commit": COMMIT, "ETag": f'"etag-{name}"', "Content-Length": str(len(body))}
+            return httpx2.Response(200, headers=headers, content=b"" if request.method == "HEAD" else body)
+        return httpx2.Response(404)
+
+    _http.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(handler)))
+    try:
+        reports: list[tuple[int, int, str]] = []
+        folder = pull_model(REPO, progress=lambda *report: reports.append(report))
+    finally:
+        _http.set_client_factory(_http.default_client_factory)
+    assert sorted(path.name for path in folder.iterdir()) == ["config.json", "pytorch_model.bin"]
+    total = len(files["config.json"]) + len(files["pytorch_model.bin"])
+    assert reports[-1] == (total, total, f"downloading {REPO} (2 of 2 files)")
+    assert capfd.readouterr().err == ""
+    assert not any("modeling" in path for path in served)

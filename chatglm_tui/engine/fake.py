@@ -14,11 +14,13 @@ from chatglm_tui.engine.protocol import (
     GenerationFinished,
     GenerationStarted,
     GenerationStats,
+    LoadFailed,
     LoadProgress,
     Request,
     Round,
     TextDelta,
 )
+from chatglm_tui.errors import ChatGLMError
 
 
 class FakeEngine:
@@ -26,24 +28,46 @@ class FakeEngine:
 
     `replies` are used in turn (the last one repeats); each is sent as `chunk_size`-character deltas with
     `delay` seconds between them. Every request is recorded in `requests`. Token counts are characters / 2,
-    rounded up, plus 2 for [gMASK] <sop>: not the real tokenizer, but monotonic and deterministic.
+    rounded up, plus 2 for [gMASK] <sop>: not the real tokenizer, but monotonic and deterministic; budget()
+    works before load(), as the real worker's does once its tokenizer is read.
+
+    load() sends `load_stages` in order, `load_delay` seconds apart, then waits for `load_gate` (if given;
+    close() releases it too), then ends with LoadProgress("ready", 1, 1), or with LoadFailed(load_error) and
+    ChatGLMError(load_error) raised when `load_error` is set.
     """
 
     def __init__(self, replies: Sequence[str] = ("Hello from the fake engine.",), chunk_size: int = 4,
-                 delay: float = 0.0, window: int = 2048) -> None:
+                 delay: float = 0.0, window: int = 2048, *, load_stages: Sequence[LoadProgress] = (),
+                 load_delay: float = 0.0, load_error: str | None = None,
+                 load_gate: threading.Event | None = None) -> None:
         self.replies = list(replies)
         self.chunk_size, self.delay, self.window = chunk_size, delay, window
+        self.load_stages, self.load_delay = list(load_stages), load_delay
+        self.load_error, self.load_gate = load_error, load_gate
         self.requests: list[Request] = []
         self._cancelled: set[str] = set()
         self._threads: list[threading.Thread] = []
+        self._closed = threading.Event()
 
     @property
     def context_window(self) -> int:
         return self.window
 
     def load(self, on_event: EventCallback | None = None) -> None:
-        if on_event is not None:
-            on_event(LoadProgress("ready", 1, 1))
+        """Send the scripted load events (blocking, like the real worker); raise ChatGLMError for `load_error`."""
+        emit = on_event or (lambda event: None)
+        for index, stage in enumerate(self.load_stages):
+            if index:
+                time.sleep(self.load_delay)
+            emit(stage)
+        if self.load_stages:
+            time.sleep(self.load_delay)
+        while self.load_gate is not None and not self.load_gate.is_set() and not self._closed.is_set():
+            self.load_gate.wait(0.05)  # polled, so that close() releases a test that never opens the gate
+        if self.load_error is not None:
+            emit(LoadFailed(self.load_error))
+            raise ChatGLMError(self.load_error)
+        emit(LoadProgress("ready", 1, 1))
 
     def submit(self, request: Request, on_event: EventCallback) -> None:
         self.requests.append(request)
@@ -87,6 +111,7 @@ class FakeEngine:
                       fixed + reserve <= self.window)
 
     def close(self, timeout: float = 1.0) -> None:
+        self._closed.set()
         for request in self.requests:
             self._cancelled.add(request.id)
         for thread in self._threads:

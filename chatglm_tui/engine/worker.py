@@ -12,8 +12,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from chatglm_tui import hub
 from chatglm_tui.engine.budget import plan_budget, prompt_text
 from chatglm_tui.engine.protocol import (
     Budget,
@@ -36,12 +38,31 @@ from chatglm_tui.engine.protocol import (
     TextDelta,
 )
 from chatglm_tui.engine.summarize import Summarizer
-from chatglm_tui.errors import ChatGLMError, ContextOverflowError
+from chatglm_tui.errors import ChatGLMError, ContextOverflowError, EngineNotReadyError
+from chatglm_tui.model.tokenizer import ChatGLMTokenizer
 
 if TYPE_CHECKING:  # the model (and torch) is imported on the worker thread only
     from chatglm_tui.model.chat import ChatGLM
 
-Loader = Callable[[Callable[[LoadProgress | LoadFailed], None]], "ChatGLM"]
+LoadCallback = Callable[[LoadProgress | LoadFailed], None]
+
+
+class LoadReporter:
+    """What InferenceWorker hands its loader: call it with load events; pass the tokenizer on once it is read."""
+
+    def __init__(self, emit: LoadCallback, publish: Callable[[ChatGLMTokenizer], None]) -> None:
+        self._emit, self._publish = emit, publish
+
+    def __call__(self, event: LoadProgress | LoadFailed) -> None:
+        self._emit(event)
+
+    def tokenizer_ready(self, tokenizer: ChatGLMTokenizer) -> None:
+        """Let budget() count tokens from now on, while the weights are still being read."""
+        self._publish(tokenizer)
+
+
+# A loader builds the model on the worker thread. It may take a plain event callback: a LoadReporter is one.
+Loader = Callable[[LoadReporter], "ChatGLM"]
 
 
 class _Stopped(Exception):
@@ -62,6 +83,7 @@ class InferenceWorker(threading.Thread):
         self._ready = threading.Event()
         self._load_error: ChatGLMError | None = None
         self._on_load: EventCallback | None = None
+        self._tokenizer: ChatGLMTokenizer | None = None  # set once, by the loader, before the weights are read
         self.glm: ChatGLM | None = None
 
     # ---------------------------------------------------------------- the Engine interface (any thread)
@@ -88,7 +110,8 @@ class InferenceWorker(threading.Thread):
 
     def budget(self, history: Sequence[Round], query: str, instruction: str | None = None,
                reserve: int = 512) -> Budget:
-        return plan_budget(self._model.tokenizer, self.context_window, history, query, instruction, reserve)
+        """The context budget; works as soon as the loader has read the tokenizer, else EngineNotReadyError."""
+        return plan_budget(self._counting_tokenizer(), self.context_window, history, query, instruction, reserve)
 
     def close(self, timeout: float = 1.0) -> None:
         self._closing.set()
@@ -100,10 +123,15 @@ class InferenceWorker(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.glm = self._loader(self._emit_load)
+            self.glm = self._loader(LoadReporter(self._emit_load, self._publish_tokenizer))
         except ChatGLMError as exc:
-            self._load_error = exc
-            self._emit_load(LoadFailed(str(exc)))
+            self._fail_load(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 (else the thread dies and load() returns with no model; reported)
+            detail = "".join(f": {line}" for line in str(exc).strip().splitlines()[:1])  # one line, if any
+            error = ChatGLMError(f"loading the model failed: {type(exc).__name__}{detail}")
+            error.__cause__ = exc
+            self._fail_load(error)
             return
         finally:
             self._ready.set()
@@ -116,12 +144,29 @@ class InferenceWorker(threading.Thread):
     @property
     def _model(self) -> ChatGLM:
         if self.glm is None:
-            raise ChatGLMError("the model is not loaded yet")
+            raise EngineNotReadyError("the model is not loaded yet: wait for it to finish loading")
         return self.glm
+
+    def _counting_tokenizer(self) -> ChatGLMTokenizer:
+        glm, tokenizer = self.glm, self._tokenizer
+        if glm is not None:
+            return glm.tokenizer
+        if tokenizer is None:
+            raise EngineNotReadyError("the tokenizer is not loaded yet: token counts come once the model starts "
+                                      "loading")
+        return tokenizer
+
+    def _publish_tokenizer(self, tokenizer: ChatGLMTokenizer) -> None:
+        # One attribute assignment: atomic, so budget() on another thread sees None or the whole tokenizer.
+        self._tokenizer = tokenizer
 
     def _emit_load(self, event: LoadProgress | LoadFailed) -> None:
         if self._on_load is not None:
             self._on_load(event)
+
+    def _fail_load(self, error: ChatGLMError) -> None:
+        self._load_error = error
+        self._emit_load(LoadFailed(str(error)))
 
     def _check(self, request_id: str) -> None:
         with self._lock:
@@ -245,17 +290,41 @@ class _DeltaBatcher:
         rate = (self.tokens - 1) / (end - first) if self.tokens > 1 and end > first else 0.0
         return GenerationStats(prompt_tokens, self.tokens, first - start, rate, end - start)
 
+
 def model_loader(path: str, quantization: str | None = "int4", device: str = "cpu", dtype: str = "auto") -> Loader:
     """A loader for InferenceWorker that loads a checkpoint directory with load_model()."""
+    return lambda report: _load_directory(path, quantization, device, dtype, report)
 
-    def load(progress: Callable[[LoadProgress | LoadFailed], None]) -> ChatGLM:
-        progress(LoadProgress("read", 0, 1, f"loading {path}"))
-        from chatglm_tui.model.chat import load_model  # torch is imported here, on the worker thread
 
-        glm = load_model(path, quantization=quantization, device=device, dtype=dtype,
-                         progress=lambda stage, done, total: progress(
-                             LoadProgress(cast(LoadStage, stage), done, total)))
-        progress(LoadProgress("ready", 1, 1))
-        return glm
+def resolving_loader(ref: str, quantization: str | None = "int4", device: str = "cpu",
+                     dtype: str = "auto") -> Loader:
+    """A loader for a model reference: a checkpoint directory, or a Hugging Face repo id (downloaded if needed).
+
+    The download reports LoadProgress("download", bytes done, bytes total, message) events; a reference that
+    cannot be resolved fails the load like any other checkpoint problem (LoadFailed, then load() raises).
+    """
+
+    def load(report: LoadReporter) -> ChatGLM:
+        def on_download(done: int, total: int, message: str) -> None:
+            report(LoadProgress("download", done, total, message))
+
+        directory = hub.resolve_model(ref, download=True, progress=on_download)
+        return _load_directory(str(directory), quantization, device, dtype, report)
 
     return load
+
+
+def _load_directory(path: str, quantization: str | None, device: str, dtype: str, report: LoadReporter) -> ChatGLM:
+    """Read the tokenizer and hand it over (budget() works from then on), then load the weights."""
+    report(LoadProgress("read", 0, 1, f"loading {path}"))
+    directory = Path(path).expanduser()
+    # A missing directory is left to load_model, whose message for it is the established one.
+    tokenizer = ChatGLMTokenizer.from_dir(directory) if directory.is_dir() else None
+    if tokenizer is not None:
+        report.tokenizer_ready(tokenizer)
+    from chatglm_tui.model.chat import load_model  # torch is imported here, on the worker thread
+
+    glm = load_model(path, quantization=quantization, device=device, dtype=dtype, tokenizer=tokenizer,
+                     progress=lambda stage, done, total: report(LoadProgress(cast(LoadStage, stage), done, total)))
+    report(LoadProgress("ready", 1, 1))
+    return glm

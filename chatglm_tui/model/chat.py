@@ -117,7 +117,8 @@ def _wants_fast_path(directory: Path, bits: int, dtype: str, device: torch.devic
 
 
 def load_model(path: str | Path, quantization: str | None = None, device: str | torch.device = "cpu",
-               dtype: str = "auto", progress: Progress | None = None) -> ChatGLM:
+               dtype: str = "auto", progress: Progress | None = None,
+               tokenizer: ChatGLMTokenizer | None = None) -> ChatGLM:
     """Load a ChatGLM-6B checkpoint directory (fp16, -int4 or -int8 layouts; .bin or .safetensors).
 
     Args:
@@ -131,6 +132,8 @@ def load_model(path: str | Path, quantization: str | None = None, device: str | 
             CPU and float16 on GPUs.
         progress: called as progress(stage, done, total) while loading; stage is "read" (weight files, or
             the quantized cache) or "quantize" (tensors converted into the cache, on a first fast load).
+        tokenizer: the directory's tokenizer, when the caller has read it already (the engine reads it first,
+            to count tokens while the weights load); read from `path` when None.
     Raises:
         CheckpointError, DeviceError: with a message that says what to do.
     """
@@ -140,7 +143,8 @@ def load_model(path: str | Path, quantization: str | None = None, device: str | 
     compute_dtype = resolve_dtype(dtype, resolved_device)
     directory = checkpoint_directory(path)
     bits = {"int4": 4, "int8": 8}.get(quantization or "none", 0)
-    tokenizer = ChatGLMTokenizer.from_dir(directory)
+    if tokenizer is None:
+        tokenizer = ChatGLMTokenizer.from_dir(directory)
     if _wants_fast_path(directory, bits, dtype, resolved_device):
         model = load_fast(directory, bits, progress=progress)
     else:

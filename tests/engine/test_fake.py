@@ -5,9 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
+
+import pytest
 
 from chatglm_tui.engine.fake import FakeEngine
-from chatglm_tui.engine.protocol import ChatRequest, GenerationFinished, TextDelta
+from chatglm_tui.engine.protocol import ChatRequest, GenerationFinished, LoadFailed, LoadProgress, TextDelta
+from chatglm_tui.errors import ChatGLMError
+
+STAGES = (LoadProgress("download", 10, 100, "downloading owner/model"), LoadProgress("read", 1, 2),
+          LoadProgress("quantize", 3, 4))
 
 
 def _run(engine: FakeEngine, request) -> list:
@@ -65,3 +72,50 @@ def test_engine_protocol_and_budget_import_without_torch():
             "chatglm_tui.engine.worker; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_load_by_default_sends_ready_only():
+    events: list = []
+    FakeEngine().load(events.append)
+    assert events == [LoadProgress("ready", 1, 1)]
+
+
+def test_load_sends_the_scripted_stages_then_ready_with_the_delay_between():
+    events: list = []
+    start = time.perf_counter()
+    FakeEngine(load_stages=STAGES, load_delay=0.05).load(events.append)
+    assert events == [*STAGES, LoadProgress("ready", 1, 1)]
+    assert time.perf_counter() - start >= 0.15  # three gaps between four events
+
+
+def test_load_error_is_reported_then_raised():
+    events: list = []
+    with pytest.raises(ChatGLMError, match="^no weights here$"):
+        FakeEngine(load_stages=STAGES[:1], load_error="no weights here").load(events.append)
+    assert events == [STAGES[0], LoadFailed("no weights here")]
+
+
+def test_load_waits_for_the_gate_and_budget_works_meanwhile():
+    gate = threading.Event()
+    engine = FakeEngine(load_stages=STAGES, load_gate=gate)
+    events: list = []
+    loading = threading.Thread(target=engine.load, args=(events.append,))
+    loading.start()
+    deadline = time.monotonic() + 5
+    while len(events) < len(STAGES) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert events == list(STAGES) and loading.is_alive()  # mid-load: a UI test inspects the screen here
+    assert engine.budget([("q", "r")], "hello").fits
+    gate.set()
+    loading.join(5)
+    assert not loading.is_alive() and events[-1] == LoadProgress("ready", 1, 1)
+
+
+def test_close_releases_a_gated_load():
+    engine = FakeEngine(load_gate=threading.Event())
+    loading = threading.Thread(target=engine.load)
+    loading.start()
+    engine.close()
+    loading.join(5)
+    assert not loading.is_alive()

@@ -14,12 +14,15 @@ from chatglm_tui.engine.protocol import (
     GenerationFailed,
     GenerationFinished,
     GenerationStarted,
+    LoadFailed,
     LoadProgress,
     SamplingParams,
     SummarizeRequest,
     TextDelta,
 )
-from chatglm_tui.engine.worker import InferenceWorker
+from chatglm_tui.engine.budget import plan_budget
+from chatglm_tui.engine.worker import InferenceWorker, LoadReporter, resolving_loader
+from chatglm_tui.errors import ChatGLMError, EngineNotReadyError
 
 GREEDY = SamplingParams(do_sample=False, max_new_tokens=24)
 
@@ -201,3 +204,99 @@ def test_summaries_are_deterministic_with_a_seed_and_cancellable(worker):
     finished = events.wait(timeout=120)
     assert finished.reason == "stopped"
     assert len([e for e in events.events if isinstance(e, ChunkProgress)]) == 1
+
+
+def _timeline(loader) -> tuple[list, object]:
+    """Run a loader directly; return what it reported, tokenizer hand-over included, in order, and its model."""
+    timeline: list = []
+    glm = loader(LoadReporter(timeline.append, lambda tokenizer: timeline.append(("tokenizer", tokenizer))))
+    return timeline, glm
+
+
+def test_resolving_loader_loads_a_directory_with_the_tokenizer_first(fixture_dir):
+    timeline, glm = _timeline(resolving_loader(str(fixture_dir / "int4"), quantization=None, dtype="float32"))
+    assert timeline[0] == LoadProgress("read", 0, 1, f"loading {fixture_dir / 'int4'}")
+    assert timeline[1] == ("tokenizer", glm.tokenizer)  # handed over before any weights, and not read twice
+    assert all(isinstance(e, LoadProgress) and e.stage == "read" for e in timeline[2:-1])
+    assert timeline[-1] == LoadProgress("ready", 1, 1) and len(timeline) > 3
+
+
+def test_resolving_loader_reports_the_download(fixture_dir, monkeypatch):
+    from chatglm_tui import hub
+
+    calls: list = []
+
+    def fake_resolve(ref, download=False, progress=None):
+        calls.append((ref, download))
+        progress(0, 300, f"downloading {ref}")
+        progress(300, 300, f"downloading {ref} (1 of 1 files)")
+        return fixture_dir / "int4"
+
+    monkeypatch.setattr(hub, "resolve_model", fake_resolve)
+    events: list = []
+    engine = InferenceWorker(resolving_loader("owner/tiny-chatglm", quantization=None, dtype="float32"))
+    engine.load(events.append)
+    engine.close()
+    assert calls == [("owner/tiny-chatglm", True)]
+    assert events[:3] == [LoadProgress("download", 0, 300, "downloading owner/tiny-chatglm"),
+                          LoadProgress("download", 300, 300, "downloading owner/tiny-chatglm (1 of 1 files)"),
+                          LoadProgress("read", 0, 1, f"loading {fixture_dir / 'int4'}")]
+    assert events[-1].stage == "ready" and engine.budget([], "你好").fits
+
+
+@pytest.mark.parametrize(("ref", "expected"), [("missing-dir/model/int4", "does not exist"),
+                                               ("owner/absent", "cannot be reached")])
+def test_a_reference_that_cannot_be_resolved_fails_the_load(ref, expected, tmp_path, monkeypatch):
+    from chatglm_tui.hub import ModelNotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read at call time: the repo id is never looked up online
+    events: list = []
+    engine = InferenceWorker(resolving_loader(ref))
+    with pytest.raises(ModelNotFoundError, match=expected) as error:
+        engine.load(events.append)
+    assert events == [LoadFailed(str(error.value))]
+    with pytest.raises(EngineNotReadyError):
+        engine.budget([], "hello")
+
+
+def test_budget_works_once_the_tokenizer_is_handed_over(tiny_fp16):
+    hand_over, handed_over, finish = threading.Event(), threading.Event(), threading.Event()
+
+    def loader(report: LoadReporter):
+        assert hand_over.wait(10)
+        report.tokenizer_ready(tiny_fp16.tokenizer)
+        handed_over.set()
+        assert finish.wait(10)  # the weights are still "loading"
+        return tiny_fp16
+
+    engine = InferenceWorker(loader)
+    loading = threading.Thread(target=engine.load)
+    loading.start()
+    history = [("你好", "你好👋！我是人工智能助手 ChatGLM-6B。")]
+    try:
+        with pytest.raises(EngineNotReadyError, match="the tokenizer is not loaded yet"):
+            engine.budget(history, "hello")
+        hand_over.set()
+        assert handed_over.wait(10)
+        expected = plan_budget(tiny_fp16.tokenizer, 2048, history, "hello", "be brief", 256)
+        assert engine.glm is None and engine.budget(history, "hello", "be brief", 256) == expected
+    finally:
+        hand_over.set()
+        finish.set()
+        loading.join(10)
+    assert engine.glm is tiny_fp16 and engine.budget(history, "hello", "be brief", 256) == expected
+    engine.close()
+
+
+def test_an_unexpected_loader_exception_fails_the_load():
+    def loader(report: LoadReporter):
+        raise RuntimeError("boom\nsecond line")
+
+    events: list = []
+    engine = InferenceWorker(loader)
+    with pytest.raises(ChatGLMError, match="^loading the model failed: RuntimeError: boom$") as error:
+        engine.load(events.append)
+    assert events == [LoadFailed("loading the model failed: RuntimeError: boom")]
+    assert isinstance(error.value.__cause__, RuntimeError)
