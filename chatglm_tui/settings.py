@@ -143,7 +143,7 @@ def format_settings(settings: Settings, sources: Mapping[str, str]) -> str:
     lines = [f"{text.ljust(width)}   # {source}" for text, source in rows]
     # The table goes last: in TOML every key after a [table] header belongs to that table.
     lines += ["", f"[keymap]   # {sources.get('keymap', DEFAULT_SOURCE)}"]
-    lines += [f"{_toml_str(key)} = {_toml_str(value)}" for key, value in sorted(settings.keymap.items())]
+    lines += [f"{toml_str(key)} = {toml_str(value)}" for key, value in sorted(settings.keymap.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -276,13 +276,13 @@ def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return _toml_str(value)
+        return toml_str(value)
     if isinstance(value, (int, float)):
         return repr(value)  # Python's float repr (1e-05, inf, nan) is also valid TOML
     raise TypeError(f"no TOML literal for {type(value).__name__}")
 
 
-def _toml_str(text: str) -> str:
+def toml_str(text: str) -> str:
     """A TOML basic string; control characters (and DEL) must be escaped there."""
     out = []
     for char in text:
