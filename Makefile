@@ -1,10 +1,10 @@
-# One command sets everything up and runs the tests: `make test`.
+# One command sets everything up and runs the tests: `make test`; `make chat` sets up and opens the chat.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel of this version is on the build machines' disk; an unpinned torch can pull a multi-GB CUDA build.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test clean
+.PHONY: install test chat demo clean
 
 $(VENV)/.installed: pyproject.toml $(wildcard setup.py) $(wildcard chatglm_tui/model/kernels/*.c)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,6 +17,14 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest
+
+# Set up (first time) and open the chat with the default model, downloaded on first use.
+chat: install
+	$(VENV)/bin/chatglm
+
+# The same app with scripted replies and sample chats: no model, no download.
+demo: install
+	$(VENV)/bin/chatglm --demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info chatglm_tui/model/kernels/*.so

@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 a user error (one line on stderr), 2 usage, 130 interrupted 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -26,14 +27,34 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback(invoke_without_command=True)
-def root(ctx: typer.Context,
-         version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                      help="Print the version and exit.")) -> None:
-    """Chat with ChatGLM-6B in the terminal."""
-    if ctx.invoked_subcommand is None:
-        typer.echo("chatglm: the chat app is not part of this version yet; use the Python API "
-                   "(see README: `from chatglm_tui.model import load_model`) or `chatglm --help`.", err=True)
-        raise typer.Exit(1)
+def root(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A checkpoint directory or a Hub repo id."),
+    quantization: Optional[str] = typer.Option(None, help="int4, int8 or none."),
+    dtype: Optional[str] = typer.Option(None, help="auto, float32, bfloat16 or float16."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N or mps."),
+    theme: Optional[str] = typer.Option(None, help="Colour theme (the choice made in the app is saved)."),
+    continue_last: bool = typer.Option(False, "--continue", "-c", help="Open the last conversation."),
+    session: Optional[str] = typer.Option(None, "--session", "-s", help="Open this conversation (id, unique id "
+                                                                         "prefix or exact title)."),
+    demo: bool = typer.Option(False, "--demo", help="Try the app with scripted replies (no model is loaded)."),
+) -> None:
+    """Chat with ChatGLM-6B in the terminal. With no command, opens the chat app."""
+    if ctx.invoked_subcommand is not None:
+        if any(value not in (None, False) for value in (model, quantization, dtype, device, theme, session,
+                                                        continue_last or None, demo or None)):
+            raise typer.BadParameter("chat options go without a command: `chatglm --model PATH`, or after "
+                                     f"the command: `chatglm {ctx.invoked_subcommand} --help`")
+        return
+    from chatglm_tui.launch import ChatOptions, run_chat
+    from chatglm_tui.settings import apply_overrides, load_settings
+
+    settings, _ = load_settings()
+    settings = apply_overrides(settings, model=model, quantization=quantization, dtype=dtype, device=device,
+                               theme=theme)
+    raise typer.Exit(run_chat(ChatOptions(settings, continue_last, session, demo)))
 
 
 @app.command("version")
@@ -110,8 +131,17 @@ def bench(
     dtype: str = typer.Option("auto", help="auto (the fast int4/int8 kernels on the CPU, float16 on GPUs), "
                                            "float32 (the exact path), bfloat16 or float16."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    ui: bool = typer.Option(False, "--ui", help="Measure the chat app instead: keystroke-to-screen latency "
+                                                "while a reply streams, opening a 500-message chat (in a "
+                                                "pseudo-terminal; with --model, the real engine generates)."),
 ) -> None:
     """Measure load, prefill and decode speed and memory on random weights (no download)."""
+    if ui:
+        from chatglm_tui.tui.bench_ui import format_ui_table, run_ui_bench
+
+        ui_result = run_ui_bench(model or None)
+        typer.echo(json.dumps(ui_result.summary()) if as_json else format_ui_table(ui_result))
+        return
     from chatglm_tui.model.bench import format_table, run_bench
 
     result = run_bench(config, quantization, prompt_tokens, new_tokens, threads or None, group_size or None,

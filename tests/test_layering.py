@@ -26,5 +26,11 @@ def test_cli_help_is_light():
 def test_cli_version_and_no_command():
     version = subprocess.run([sys.executable, "-m", "chatglm_tui", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("chatglm-tui ")
-    bare = subprocess.run([sys.executable, "-m", "chatglm_tui"], capture_output=True, text=True)
-    assert bare.returncode == 1 and "Traceback" not in bare.stderr and bare.stderr.count("\n") == 1
+    # Without a terminal the chat cannot open: one line pointing at `chatglm ask`, exit 2 (usage).
+    bare = subprocess.run([sys.executable, "-m", "chatglm_tui"], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    assert bare.returncode == 2 and "Traceback" not in bare.stderr and bare.stderr.count("\n") == 1
+    assert "needs a terminal" in bare.stderr and "chatglm ask" in bare.stderr
+    mixed = subprocess.run([sys.executable, "-m", "chatglm_tui", "--demo", "sessions", "list"],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert mixed.returncode == 2 and "Traceback" not in mixed.stderr

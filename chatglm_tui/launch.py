@@ -1,0 +1,85 @@
+"""`chatglm` with no command: build the settings, the store and the engine, and run the Textual app.
+
+This is the only place the TUI gets concrete collaborators: an InferenceWorker that resolves (downloading on
+first use, with progress in the status bar) and loads the model on its own thread, or the scripted FakeEngine in
+demo mode. The app opens at once; the model loads behind it.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from pathlib import Path
+
+from chatglm_tui.engine.protocol import Engine
+from chatglm_tui.errors import ChatGLMError
+from chatglm_tui.settings import Settings
+
+if TYPE_CHECKING:
+    from chatglm_tui.store import SessionStore
+
+class NoTerminalError(ChatGLMError):
+    """The chat needs a terminal on stdin and stdout."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    settings: Settings
+    continue_last: bool = False
+    session: str | None = None
+    demo: bool = False
+
+
+def build_engine(settings: Settings, demo: bool) -> Engine:
+    """The real engine (nothing loads until the app calls `load`), or the scripted one for `--demo`."""
+    if demo:
+        from chatglm_tui.engine.fake import FakeEngine
+        from chatglm_tui.tui.demo import DEMO_REPLIES
+
+        return FakeEngine(DEMO_REPLIES, chunk_size=3, delay=0.02)
+    from chatglm_tui.engine.worker import InferenceWorker, resolving_loader
+
+    quantization = None if settings.quantization == "none" else settings.quantization
+    return InferenceWorker(resolving_loader(settings.model, quantization, settings.device, settings.dtype))
+
+
+def run_chat(options: ChatOptions) -> int:
+    """Open the chat; returns the exit code (1 when the user quits from the load-error screen)."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise NoTerminalError("the chat needs a terminal: to answer from a script or a pipe use "
+                              "`chatglm ask \"...\"` (e.g. `cat notes.txt | chatglm ask`)")
+    from chatglm_tui.store import SessionStore, default_store_path
+
+    if not options.demo:
+        return _run(options, SessionStore(default_store_path()))
+    from chatglm_tui.tui.demo import seed_demo_store
+
+    with tempfile.TemporaryDirectory(prefix="chatglm-demo-") as scratch:
+        # Sample chats in a throw-away store: the user's own conversations are never shown or touched.
+        path = Path(scratch) / "demo.sqlite3"
+        seed_demo_store(path)
+        return _run(options, SessionStore(path))
+
+
+def _run(options: ChatOptions, store: SessionStore) -> int:
+    """Run the app on `store` (closed afterwards) with the engine the options ask for."""
+    from chatglm_tui.tui.app import make_app
+
+    with store:
+        conversation = None
+        if options.session:
+            conversation = store.resolve(options.session).id
+        elif options.continue_last:
+            latest = store.latest()
+            conversation = latest.id if latest else None
+        engine = build_engine(options.settings, options.demo)
+        try:
+            app = make_app(options.settings, engine, store, conversation_id=conversation)
+            app.run()
+        finally:
+            engine.close()
+    return app.return_code or 0

@@ -1,0 +1,1 @@
+"""The Textual app: imports engine.protocol, store, settings and errors; never the model or torch."""

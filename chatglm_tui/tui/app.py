@@ -1,0 +1,125 @@
+"""ChatApp: wiring only. Themes, keymap, the engine's load thread and the command palette; the chat lives in
+ChatScreen. `make_app` is the one factory used by the CLI, the tests, the snapshot harness and screenshots."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+
+from textual.app import App, SystemCommand
+from textual.screen import Screen
+
+from chatglm_tui.engine.protocol import Engine, LoadFailed
+from chatglm_tui.errors import ChatGLMError
+from chatglm_tui.settings import Settings
+from chatglm_tui.store import SessionStore
+from chatglm_tui.tui.chat_session import ChatSession
+from chatglm_tui.tui.commands import OpenConversationProvider, chat_commands
+from chatglm_tui.tui.keys import APP_BINDINGS, binding_rows, unknown_binding_ids
+from chatglm_tui.tui.messages import post_engine_event
+from chatglm_tui.tui.screens.chat import ChatScreen
+from chatglm_tui.tui.screens.help import HelpScreen
+from chatglm_tui.tui.themes import DEFAULT_THEME, load_themes, save_theme_choice
+
+
+class ChatApp(App[None]):
+    """The `chatglm` terminal chat."""
+
+    CSS_PATH = "chat.tcss"
+    TITLE = "chatglm"
+    BINDINGS = APP_BINDINGS
+    COMMANDS = App.COMMANDS | {OpenConversationProvider}
+
+    def __init__(self, settings: Settings, engine: Engine, store: SessionStore, *,
+                 conversation_id: str | None = None, persist_theme: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
+        self.settings, self.engine, self.store = settings, engine, store
+        self.persist_theme = persist_theme
+        quantization = "fp16/fp32" if settings.quantization == "none" else settings.quantization
+        self.chat_screen = ChatScreen(ChatSession(store, settings), engine,
+                                      (settings.model, settings.device, quantization), conversation_id, clock)
+
+    def on_mount(self) -> None:
+        self.apply_themes()
+        self.apply_keymap()
+        self.push_screen(self.chat_screen)
+        self.run_worker(self.load_model, thread=True, exit_on_error=False, name="load-model")
+
+    def load_model(self) -> None:
+        """On a worker thread: load the engine's model; progress and failure go to the chat screen."""
+
+        def forward(event: object) -> None:
+            if not isinstance(event, LoadFailed):  # the failure is reported once, from the exception below
+                post_engine_event(self.chat_screen, event)  # type: ignore[arg-type]
+
+        try:
+            self.engine.load(forward)
+        except ChatGLMError as exc:
+            post_engine_event(self.chat_screen, LoadFailed(str(exc)))
+
+    # ---------------------------------------------------------------- themes and keys
+
+    def apply_themes(self) -> None:
+        themes, warnings = load_themes()
+        for theme in themes:
+            self.register_theme(theme)
+        for warning in warnings:
+            self.notify(warning, title="Theme not loaded", severity="warning", timeout=8)
+        name = self.settings.theme
+        if name not in self.available_themes:
+            self.notify(f"Unknown theme {name!r}: using {DEFAULT_THEME}. Pick one with ctrl+p → Theme.",
+                        severity="warning")
+            name = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
+        self.theme = name
+        self.theme_changed_signal.subscribe(self, self.remember_theme)
+
+    def remember_theme(self, theme: object) -> None:
+        name = getattr(theme, "name", None)
+        if not self.persist_theme or not isinstance(name, str) or name == self.settings.theme:
+            return
+        try:
+            save_theme_choice(name)
+        except ChatGLMError as exc:
+            self.notify(f"The theme is not saved: {exc}", severity="warning")
+        else:
+            self.settings = dataclasses.replace(self.settings, theme=name)
+
+    def apply_keymap(self) -> None:
+        unknown = unknown_binding_ids(self.settings.keymap)
+        if unknown:
+            self.notify(f"Unknown binding id(s) in the [keymap] config: {', '.join(unknown)}. "
+                        "Press F1 for the list.", severity="warning", timeout=10)
+        self.set_keymap(self.settings.keymap)
+
+    # ---------------------------------------------------------------- help, palette, quit
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(binding_rows(self.settings.keymap, self.get_key_display),
+                                        self.engine.context_window))
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        for title, help_text, callback in chat_commands(self.run_chat_action):
+            yield SystemCommand(title, help_text, callback)
+        yield SystemCommand("Help", "Keys, and what the context meter means", self.action_help)
+        yield from super().get_system_commands(screen)
+
+    async def run_chat_action(self, action: str) -> None:
+        await self.chat_screen.run_action(action)
+
+    async def action_quit(self) -> None:
+        self.chat_screen.save_partial()
+        self.exit()
+
+
+def make_app(settings: Settings, engine: Engine, store: SessionStore, *, conversation_id: str | None = None,
+             persist_theme: bool = True, clock: Callable[[], float] = time.time) -> ChatApp:
+    """The app, built from its three collaborators (the caller owns and closes the engine and the store).
+
+    It opens on a new chat, or on `conversation_id`; `persist_theme` saves a theme change to the config file;
+    `clock` dates the sidebar's entries (fixed in snapshots).
+    """
+    return ChatApp(settings, engine, store, conversation_id=conversation_id, persist_theme=persist_theme,
+                   clock=clock)

@@ -1,0 +1,184 @@
+"""The open conversation and the one place that saves it: the TUI's model of a chat, free of widgets.
+
+`ChatSession` owns the store record, the message tree and which branch is on screen. Screens ask it what to
+send (a `ChatRequest`) and tell it what came back; it writes each message to the store the moment it is complete
+(the user's turn when sent, the reply when finished or stopped), so a crash loses at most the reply in progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from chatglm_tui.engine.protocol import ChatRequest, GenerationFinished, Round, SamplingParams
+from chatglm_tui.settings import Settings
+from chatglm_tui.store import Conversation, Message, SessionStore
+from chatglm_tui.tui.tree import MessageTree, rounds_of
+
+TITLE_LENGTH = 60
+_PARAM_FIELDS = tuple(field.name for field in dataclasses.fields(SamplingParams))
+
+
+def sampling_from(settings: Settings) -> SamplingParams:
+    """The configured default generation settings."""
+    return SamplingParams(do_sample=settings.temperature > 0, temperature=settings.temperature,
+                          top_p=settings.top_p, top_k=settings.top_k,
+                          repetition_penalty=settings.repetition_penalty,
+                          max_new_tokens=settings.max_new_tokens, seed=settings.seed)
+
+
+def params_from(saved: dict[str, Any], defaults: SamplingParams) -> SamplingParams:
+    """A conversation's saved parameters over the defaults; unknown keys (from other versions) are ignored."""
+    known = {name: value for name, value in saved.items() if name in _PARAM_FIELDS}
+    params = dataclasses.replace(defaults, **known)
+    return dataclasses.replace(params, do_sample=params.temperature > 0)
+
+
+def title_from(text: str) -> str:
+    """A conversation title from its first message: the first line, whitespace folded, at most 60 characters."""
+    line = next((line for line in text.splitlines() if line.strip()), "")
+    line = " ".join(line.split()) or "New chat"
+    return line if len(line) <= TITLE_LENGTH else line[:TITLE_LENGTH - 1] + "…"
+
+
+@dataclass(frozen=True)
+class PendingReply:
+    """A request on its way to the engine, and where its reply will hang in the tree."""
+
+    request: ChatRequest
+    conversation_id: str
+    parent_id: int  # the user message being answered
+
+
+class ChatSession:
+    """The conversation on screen: its record, its tree of messages and the branch being shown."""
+
+    def __init__(self, store: SessionStore, settings: Settings) -> None:
+        self.store, self.settings = store, settings
+        self.conversation: Conversation | None = None
+        self.tree = MessageTree()
+        self.leaf_id: int | None = None
+        # Settings chosen before the first message, saved when the conversation is created.
+        self.draft_params = sampling_from(settings)
+        self.draft_instruction = settings.instruction
+
+    # ---------------------------------------------------------------- which conversation and branch
+
+    def open(self, conversation_id: str) -> None:
+        """Show a saved conversation, on the branch of its newest message."""
+        self.conversation = self.store.get(conversation_id)
+        self.tree = MessageTree(self.store.all_messages(conversation_id))
+        self.leaf_id = self.tree.default_leaf()
+
+    def new(self) -> None:
+        """Start an empty chat; it is saved with its first message."""
+        self.conversation, self.tree, self.leaf_id = None, MessageTree(), None
+        self.draft_params, self.draft_instruction = sampling_from(self.settings), self.settings.instruction
+
+    @property
+    def id(self) -> str | None:
+        return self.conversation.id if self.conversation else None
+
+    @property
+    def branch(self) -> list[Message]:
+        return self.tree.path(self.leaf_id)
+
+    def history(self, before: int | None = None) -> tuple[list[Round], list[tuple[int, ...]]]:
+        """The model's history for the branch up to (not including) message `before` if it is on the branch, with
+        each round's message ids."""
+        branch = self.branch
+        ids = [message.id for message in branch]
+        if before in ids:
+            branch = branch[:ids.index(before)]
+        return rounds_of(branch)
+
+    def switch_version(self, message_id: int, step: int) -> int | None:
+        """Show the previous (-1) or next (+1) version of a message; returns the version shown, or None."""
+        versions = self.tree.versions(message_id)
+        index = versions.index(message_id) + step
+        if not 0 <= index < len(versions):
+            return None
+        self.leaf_id = self.tree.newest_leaf(versions[index])
+        return versions[index]
+
+    # ---------------------------------------------------------------- settings
+
+    @property
+    def params(self) -> SamplingParams:
+        if self.conversation is None:
+            return self.draft_params
+        return params_from(self.conversation.params, sampling_from(self.settings))
+
+    @property
+    def instruction(self) -> str | None:
+        return self.conversation.instruction if self.conversation else self.draft_instruction
+
+    def configure(self, params: SamplingParams, instruction: str | None) -> None:
+        """Change this conversation's generation settings and instruction (saved at once if it exists)."""
+        if self.conversation is None:
+            self.draft_params, self.draft_instruction = params, instruction
+            return
+        self.conversation = self.store.update(self.conversation.id, params=dataclasses.asdict(params),
+                                              instruction=instruction or None)
+
+    # ---------------------------------------------------------------- sending and saving
+
+    def send(self, text: str, edit_of: int | None = None) -> tuple[Message, PendingReply]:
+        """Save a user message (after the current branch, or as a new version of `edit_of`) and build its request."""
+        parent = self.tree.by_id[edit_of].parent_id if edit_of is not None else self.leaf_id
+        if self.conversation is None:
+            self.conversation = self.store.create_conversation(
+                title_from(text), model=self.settings.model, params=dataclasses.asdict(self.draft_params),
+                instruction=self.draft_instruction)
+        message = self._save(self.store.add_message(self.conversation.id, "user", text, parent_id=parent))
+        return message, self._request_for(message)
+
+    def regenerate(self) -> PendingReply | None:
+        """A new reply to the branch's last question (a new version beside the current reply); None if no question."""
+        branch = self.branch
+        question = next((message for message in reversed(branch) if message.role == "user"), None)
+        if question is None:
+            return None
+        self.leaf_id = question.id
+        return self._request_for(question)
+
+    def _request_for(self, question: Message) -> PendingReply:
+        rounds, _ = self.history(before=question.id)
+        request = ChatRequest(question.text, tuple(rounds), self.instruction, self.params)
+        return PendingReply(request, question.conversation_id, question.id)
+
+    def save_reply(self, pending: PendingReply, finished: GenerationFinished) -> Message:
+        """Save a finished or stopped reply under its question (in its own conversation, even if another one is
+        on screen by now); its branch is shown if its conversation is."""
+        stats = finished.stats
+        message = self.store.add_message(
+            pending.conversation_id, "assistant", finished.text, parent_id=pending.parent_id,
+            stopped=finished.reason == "stopped", prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
+            stats={"reason": finished.reason, "tokens_per_s": round(stats.tokens_per_s, 2),
+                   "total_s": round(stats.total_s, 3),
+                   "time_to_first_token_s": round(stats.time_to_first_token_s, 3)})
+        return self._save(message) if pending.conversation_id == self.id else message
+
+    def _save(self, message: Message) -> Message:
+        self.tree.add(message)
+        self.leaf_id = message.id
+        return message
+
+    def versions(self, message: Message) -> tuple[int, int]:
+        """(1-based position, count) of a message among its versions."""
+        versions = self.tree.versions(message.id)
+        return versions.index(message.id) + 1, len(versions)
+
+    def rename(self, title: str) -> None:
+        assert self.conversation is not None
+        self.conversation = self.store.rename(self.conversation.id, title)
+
+    def delete(self) -> None:
+        assert self.conversation is not None
+        self.store.delete(self.conversation.id)
+        self.new()
+
+    def export_markdown(self) -> str:
+        assert self.conversation is not None
+        return self.store.export_markdown(self.conversation.id)

@@ -1,0 +1,58 @@
+"""The command palette's entries: every chat action, and "Open conversation…" over the saved chats."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import TYPE_CHECKING, cast
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+if TYPE_CHECKING:
+    from chatglm_tui.tui.app import ChatApp
+
+# (title, help, ChatScreen action) for the palette, in the order shown when the search is empty.
+CHAT_COMMANDS = (
+    ("New chat", "Start a new conversation", "new_chat"),
+    ("Stop reply", "Stop the reply being written (what it wrote is kept and saved)", "stop"),
+    ("Regenerate reply", "Answer the last question again, as a new version", "regenerate"),
+    ("Edit last question", "Edit your last question and send it as a new version", "edit_last"),
+    ("Copy last reply", "Copy the last reply to the clipboard", "copy_reply"),
+    ("Copy code block", "Copy a code block of the last reply", "copy_code"),
+    ("Conversation settings", "Instruction, temperature, top-p, reply limit… for this chat", "conversation_settings"),
+    ("Rename conversation", "Give this conversation a new title", "rename"),
+    ("Export to Markdown", "Write this conversation to a Markdown file in the current folder", "export"),
+    ("Delete conversation", "Delete this conversation (asks first)", "delete"),
+    ("Find conversation", "Filter the saved conversations by title or text", "find_chat"),
+    ("Toggle sidebar", "Show or hide the list of conversations", "toggle_sidebar"),
+    ("Write in $EDITOR", "Compose the prompt in your editor", "open_editor"),
+)
+
+
+def chat_commands(run: Callable[[str], object]) -> Iterator[tuple[str, str, Callable[[], object]]]:
+    """(title, help, callback) for each chat action; `run` performs a ChatScreen action by name."""
+    for title, help_text, action in CHAT_COMMANDS:
+        yield title, help_text, partial(run, action)
+
+
+class OpenConversationProvider(Provider):
+    """"Open conversation: <title>" for each saved conversation, newest first."""
+
+    def _entries(self) -> list[tuple[str, str]]:
+        app = cast("ChatApp", self.app)
+        return [(f"Open conversation: {c.title}", c.id) for c in app.store.list_conversations(limit=500)]
+
+    async def discover(self) -> Hits:
+        for title, conversation_id in self._entries()[:10]:
+            yield DiscoveryHit(title, partial(self._open, conversation_id), help="Recent conversation")
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for title, conversation_id in self._entries():
+            score = matcher.match(title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(title), partial(self._open, conversation_id),
+                          help="Open this saved conversation")
+
+    async def _open(self, conversation_id: str) -> None:
+        await cast("ChatApp", self.app).chat_screen.open_conversation(conversation_id)

@@ -1,0 +1,45 @@
+"""Every key binding by id: the app's own, and the table the help screen and the keymap check are built from.
+
+Users remap keys in the config's `[keymap]` table by binding id (`"chat.newline" = "ctrl+o"`); Textual applies
+it through `App.set_keymap`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from textual.binding import Binding
+
+from chatglm_tui.tui.screens.chat import ChatScreen
+from chatglm_tui.tui.widgets.message_view import MessageView
+from chatglm_tui.tui.widgets.prompt_input import PromptInput
+
+APP_BINDINGS: list[Binding | tuple[str, str] | tuple[str, str, str]] = [
+    Binding("f1", "help", "Help", id="app.help", tooltip="Keys and what the context meter means"),
+    Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
+]
+
+# Where each group applies, for the help table.
+GROUPS: tuple[tuple[str, list[Binding]], ...] = (
+    ("anywhere", [b for b in APP_BINDINGS if isinstance(b, Binding)]),
+    ("chat", [b for b in ChatScreen.BINDINGS if isinstance(b, Binding)]),
+    ("prompt", [b for b in PromptInput.BINDINGS if isinstance(b, Binding)]),
+    ("a focused message", [b for b in MessageView.BINDINGS if isinstance(b, Binding)]),
+)
+KNOWN_IDS = frozenset(binding.id for _, bindings in GROUPS for binding in bindings if binding.id)
+
+
+def unknown_binding_ids(keymap: Mapping[str, str]) -> list[str]:
+    """The keymap's ids that name no binding (typos), sorted."""
+    return sorted(set(keymap) - KNOWN_IDS)
+
+
+def binding_rows(keymap: Mapping[str, str], key_display: Callable[[Binding], str]) -> list[tuple[str, str, str]]:
+    """(keys as shown, what it does and where, binding id) for every binding, with the keymap applied."""
+    rows = [("ctrl+p", "Command palette: every action, open a conversation, change theme", "—")]
+    for where, bindings in GROUPS:
+        for binding in bindings:
+            keys = keymap.get(binding.id or "", binding.key)
+            shown = " / ".join(key_display(Binding(key.strip(), binding.action)) for key in keys.split(","))
+            rows.append((shown, f"{binding.description or binding.action} ({where})", binding.id or ""))
+    return rows

@@ -1,0 +1,1 @@
+"""The app's screens: the chat itself and the modals it opens."""

@@ -1,0 +1,78 @@
+"""Small modal dialogs: confirm, ask for a line of text, pick from a list."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question; Enter on the focused button, Esc means no."""
+
+    BINDINGS = [Binding("escape", "dismiss(False)", "Cancel", id="modal.cancel")]
+
+    def __init__(self, title: str, message: str, confirm: str = "Delete", *, danger: bool = True) -> None:
+        super().__init__(classes="modal")
+        self.title_text, self.message, self.confirm, self.danger = title, message, confirm, danger
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="dialog-title")
+            yield Static(self.message, classes="dialog-body")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Cancel", id="cancel")
+                yield Button(self.confirm, id="confirm", variant="error" if self.danger else "primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#cancel", Button).focus()  # the safe choice has the focus
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "confirm")
+
+
+class TextPromptScreen(ModalScreen[str | None]):
+    """One line of text (e.g. a new title); Enter accepts, Esc cancels; blank text is refused."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="modal.cancel")]
+
+    def __init__(self, title: str, value: str = "", placeholder: str = "") -> None:
+        super().__init__(classes="modal")
+        self.title_text, self.value, self.placeholder = title, value, placeholder
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="dialog-title")
+            yield Input(self.value, placeholder=self.placeholder, select_on_focus=True)
+            yield Static("Enter to save · Esc to cancel", classes="dialog-hint")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        text = " ".join(event.value.split())
+        if not text:
+            self.notify("The title cannot be empty.", severity="warning")
+            return
+        self.dismiss(text)
+
+
+class PickScreen(ModalScreen[int | None]):
+    """Choose one of several items (e.g. which code block to copy); returns its index, or None."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="modal.cancel")]
+
+    def __init__(self, title: str, items: Sequence[str]) -> None:
+        super().__init__(classes="modal")
+        self.title_text, self.items = title, list(items)
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="dialog-title")
+            yield OptionList(*[Option(item, id=str(index)) for index, item in enumerate(self.items)])
+            yield Static("Enter to choose · Esc to cancel", classes="dialog-hint")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option_index)

@@ -1,0 +1,69 @@
+"""The prompt: a multi-line editor where Enter sends, ctrl+j adds a line, and ↑/↓ recall earlier prompts.
+
+Pasted text (bracketed paste) is inserted as is, newlines included, and never sends by itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import TextArea
+
+
+class PromptInput(TextArea):
+    """Where the user writes; posts `Submitted` on Enter and `Changed`-driven budget updates via TextArea."""
+
+    BINDINGS = [
+        Binding("enter", "submit", "Send", id="chat.send", priority=True, tooltip="Send the message"),
+        Binding("ctrl+j,alt+enter,shift+enter", "newline", "New line", id="chat.newline", priority=True,
+                tooltip="Insert a line break"),
+        Binding("up", "history(-1)", "Earlier prompt", show=False, id="chat.history_previous"),
+        Binding("down", "history(1)", "Later prompt", show=False, id="chat.history_next"),
+    ]
+
+    @dataclass
+    class Submitted(Message):
+        prompt_input: PromptInput
+        text: str
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, soft_wrap=True, tab_behavior="focus", show_line_numbers=False,
+                         placeholder="Ask anything…  (Enter send · ctrl+j new line · F1 help)")
+        self.recall: list[str] = []
+        self._history_index: int | None = None  # position while recalling; None while editing a fresh draft
+        self._draft = ""
+
+    def action_submit(self) -> None:
+        if self.text.strip():
+            self.post_message(self.Submitted(self, self.text))
+
+    def action_newline(self) -> None:
+        self.insert("\n")
+
+    def remember(self, text: str) -> None:
+        """Add a sent prompt to the recall list (consecutive duplicates are kept once)."""
+        if not self.recall or self.recall[-1] != text:
+            self.recall.append(text)
+        self._history_index = None
+
+    def action_history(self, step: int) -> None:
+        """↑ on the first line / ↓ on the last line walks the prompt history; elsewhere they move the cursor."""
+        row, _ = self.cursor_location
+        at_edge = row == 0 if step < 0 else row == self.document.line_count - 1
+        if not at_edge or not self.recall:
+            self.action_cursor_up() if step < 0 else self.action_cursor_down()
+            return
+        if self._history_index is None:
+            if step > 0:
+                return self.action_cursor_down()
+            self._draft, self._history_index = self.text, len(self.recall)
+        index = self._history_index + step
+        if index >= len(self.recall):
+            self._history_index = None
+            self.load_text(self._draft)
+        elif index >= 0:
+            self._history_index = index
+            self.load_text(self.recall[index])
+        self.move_cursor(self.document.end)

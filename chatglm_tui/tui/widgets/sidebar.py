@@ -1,0 +1,99 @@
+"""The conversations sidebar: newest first, filtered as you type (titles and message text)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import Input, OptionList
+from textual.widgets.option_list import Option
+
+from chatglm_tui.store import Conversation
+
+
+def age(seconds: float, now: float) -> str:
+    """A short relative time: 'now', '5m', '3h', '2d', or the date."""
+    delta = max(now - seconds, 0)
+    if delta < 60:
+        return "now"
+    for limit, unit_seconds, unit in ((3600, 60, "m"), (86400, 3600, "h"), (7 * 86400, 86400, "d")):
+        if delta < limit:
+            return f"{int(delta // unit_seconds)}{unit}"
+    return time.strftime("%Y-%m-%d", time.localtime(seconds))
+
+
+TITLE_CELLS = 27  # the sidebar is 32 cells wide, less padding and the scrollbar
+
+
+class Sidebar(Vertical):
+    """A filter box over the list of saved conversations."""
+
+    @dataclass
+    class FilterChanged(Message):
+        text: str
+
+    @dataclass
+    class Selected(Message):
+        conversation_id: str
+
+    def __init__(self, *, id: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(id=id)
+        self.conversations: list[Conversation] = []
+        self.now = clock  # fixed in snapshot tests, so the ages shown stay the same
+
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder="Filter conversations…", id="conversation-filter")
+        yield OptionList(id="conversation-list")
+
+    @property
+    def option_list(self) -> OptionList:
+        return self.query_one(OptionList)
+
+    def show(self, conversations: Sequence[Conversation], current: str | None) -> None:
+        """List `conversations` (already ordered) and highlight the current one."""
+        self.conversations = list(conversations)
+        now = self.now()
+        options = []
+        for conversation in conversations:
+            label = Text(conversation.title or "Untitled")
+            label.truncate(TITLE_CELLS, overflow="ellipsis")  # one line per title; the full one is in the pane
+            label.append(f"\n{age(conversation.updated_at, now)}", style="dim")
+            options.append(Option(label, id=conversation.id))
+        option_list = self.option_list
+        option_list.set_options(options)
+        ids = [conversation.id for conversation in conversations]
+        if current in ids:
+            option_list.highlighted = ids.index(current)
+        if not conversations:
+            option_list.add_option(Option(Text("No conversations yet" if not self.filter_text
+                                               else "No match", style="dim italic"), disabled=True))
+
+    @property
+    def filter_text(self) -> str:
+        return self.query_one(Input).value
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.post_message(self.FilterChanged(event.value))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        if self.conversations:
+            self.focus_list()
+
+    def focus_list(self) -> None:
+        """Move to the list with the first (or current) conversation highlighted, ready for Enter."""
+        option_list = self.option_list
+        if option_list.highlighted is None and self.conversations:
+            option_list.highlighted = 0
+        option_list.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        if event.option.id is not None:
+            self.post_message(self.Selected(event.option.id))

@@ -1,0 +1,72 @@
+"""The status bar: model, device, quantization, load state (with progress) and the last reply's speed."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.reactive import reactive
+from textual.widgets import ProgressBar, Static
+
+from chatglm_tui.engine.protocol import LoadProgress
+
+STAGE_WORDS = {"download": "downloading", "read": "reading weights", "quantize": "quantizing", "ready": "ready"}
+
+
+def load_text(progress: LoadProgress) -> str:
+    """A load event in words: 'reading weights 3/8', 'downloading 1.2/3.9 GB'."""
+    word = STAGE_WORDS.get(progress.stage, progress.stage)
+    if progress.stage == "ready":
+        return word
+    if progress.stage == "download" and progress.total > 1_000_000:
+        return f"{word} {progress.done / 1e9:.2f}/{progress.total / 1e9:.2f} GB"
+    return f"{word} {progress.done}/{progress.total}" if progress.total > 1 else word
+
+
+class StatusBar(Horizontal):
+    """One line under the prompt describing the engine."""
+
+    state: reactive[str] = reactive("starting")  # starting, loading, ready, failed
+    detail: reactive[str] = reactive("")
+    speed: reactive[str] = reactive("")
+
+    def __init__(self, model: str, device: str, quantization: str, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.model, self.device, self.quantization = model, device, quantization
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="status-model")
+        yield ProgressBar(total=None, show_eta=False, show_percentage=True, id="load-progress")
+        yield Static(id="status-state")
+        yield Static(id="status-speed")
+
+    def on_mount(self) -> None:
+        self.query_one("#status-model", Static).update(
+            Text.assemble((self.model, "bold"), f"  {self.device} · {self.quantization}"))
+        self._refresh_state()
+
+    def show_progress(self, progress: LoadProgress) -> None:
+        """A load event: progress bar and words."""
+        bar = self.query_one(ProgressBar)
+        bar.update(total=progress.total or None, progress=progress.done)
+        self.state = "ready" if progress.stage == "ready" else "loading"
+        self.detail = load_text(progress)
+
+    def watch_state(self) -> None:
+        self._refresh_state()
+
+    def watch_detail(self) -> None:
+        self._refresh_state()
+
+    def watch_speed(self, speed: str) -> None:
+        if self.is_mounted:
+            self.query_one("#status-speed", Static).update(speed)
+
+    def _refresh_state(self) -> None:
+        if not self.is_mounted:
+            return
+        self.query_one(ProgressBar).display = self.state == "loading"
+        for state in ("starting", "loading", "ready", "failed"):
+            self.set_class(self.state == state, f"-{state}")
+        symbol = {"ready": "●", "failed": "✖"}.get(self.state, "◌")
+        self.query_one("#status-state", Static).update(f"{symbol} {self.detail or self.state}")
