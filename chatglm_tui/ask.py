@@ -78,13 +78,6 @@ def read_document(stream: TextIO) -> str | None:
     return text if text.strip() else None
 
 
-def sampling_from(settings: Settings) -> SamplingParams:
-    return SamplingParams(do_sample=settings.temperature > 0, temperature=settings.temperature,
-                          top_p=settings.top_p, top_k=settings.top_k,
-                          repetition_penalty=settings.repetition_penalty,
-                          max_new_tokens=settings.max_new_tokens, seed=settings.seed)
-
-
 def _title(question: str | None, document: str | None) -> str:
     if question:
         text = question
@@ -128,7 +121,8 @@ class _Conversation:
         if self.conversation is None:
             settings = self.options.settings
             self.conversation = self.store.create_conversation(
-                self.title, model=settings.model, params=dataclasses.asdict(sampling_from(settings)),
+                self.title, model=settings.model,
+                params=dataclasses.asdict(SamplingParams.from_settings(settings)),
                 instruction=self.instruction)
         self.store.add_message(self.conversation.id, role, text, **extra)
 
@@ -276,7 +270,7 @@ def run_ask(options: AskOptions, stdin: TextIO = sys.stdin, stdout: TextIO = sys
     engine = None
     try:
         engine = _load_engine(settings, status)
-        params = sampling_from(settings)
+        params = SamplingParams.from_settings(settings)
         request: Request
         if document is not None:
             request = SummarizeRequest(document, question, params)

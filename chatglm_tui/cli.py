@@ -137,7 +137,7 @@ def bench(
 ) -> None:
     """Measure load, prefill and decode speed and memory on random weights (no download)."""
     if ui:
-        from chatglm_tui.tui.bench_ui import format_ui_table, run_ui_bench
+        from chatglm_tui.ui_bench import format_ui_table, run_ui_bench
 
         ui_result = run_ui_bench(model or None)
         typer.echo(json.dumps(ui_result.summary()) if as_json else format_ui_table(ui_result))

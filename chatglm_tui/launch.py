@@ -7,8 +7,10 @@ demo mode. The app opens at once; the model loads behind it.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from pathlib import Path
@@ -82,4 +84,12 @@ def _run(options: ChatOptions, store: SessionStore) -> int:
             app.run()
         finally:
             engine.close()
-    return app.return_code or 0
+    code = app.return_code or 0
+    if isinstance(engine, threading.Thread) and engine.is_alive():
+        # Quit while the model was still loading (it cannot be interrupted inside torch). Everything is saved
+        # and the store is closed; leave now rather than let interpreter shutdown abort under the loader
+        # thread. A quantized cache it was writing is detected as partial and rebuilt on the next load.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -9,7 +9,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from chatglm_tui.settings import Settings
 
 # A finished round of conversation: (query, reply).
 Round = tuple[str, str]
@@ -32,6 +35,13 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     max_new_tokens: int = 512  # also the reply length reserved in the context budget
     seed: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SamplingParams:
+        """The configured generation settings (temperature 0 means greedy)."""
+        return cls(do_sample=settings.temperature > 0, temperature=settings.temperature, top_p=settings.top_p,
+                   top_k=settings.top_k, repetition_penalty=settings.repetition_penalty,
+                   max_new_tokens=settings.max_new_tokens, seed=settings.seed)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ ChatScreen. `make_app` is the one factory used by the CLI, the tests, the snapsh
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -45,7 +46,9 @@ class ChatApp(App[None]):
         self.apply_themes()
         self.apply_keymap()
         self.push_screen(self.chat_screen)
-        self.run_worker(self.load_model, thread=True, exit_on_error=False, name="load-model")
+        # A plain daemon thread, not a Textual worker: quitting must not wait for a load that takes minutes
+        # (Textual waits for its thread workers on exit, and a blocking load cannot be interrupted).
+        threading.Thread(target=self.load_model, name="chatglm-load", daemon=True).start()
 
     def load_model(self) -> None:
         """On a worker thread: load the engine's model; progress and failure go to the chat screen."""

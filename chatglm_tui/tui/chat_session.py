@@ -20,14 +20,6 @@ TITLE_LENGTH = 60
 _PARAM_FIELDS = tuple(field.name for field in dataclasses.fields(SamplingParams))
 
 
-def sampling_from(settings: Settings) -> SamplingParams:
-    """The configured default generation settings."""
-    return SamplingParams(do_sample=settings.temperature > 0, temperature=settings.temperature,
-                          top_p=settings.top_p, top_k=settings.top_k,
-                          repetition_penalty=settings.repetition_penalty,
-                          max_new_tokens=settings.max_new_tokens, seed=settings.seed)
-
-
 def params_from(saved: dict[str, Any], defaults: SamplingParams) -> SamplingParams:
     """A conversation's saved parameters over the defaults; unknown keys (from other versions) are ignored."""
     known = {name: value for name, value in saved.items() if name in _PARAM_FIELDS}
@@ -60,7 +52,7 @@ class ChatSession:
         self.tree = MessageTree()
         self.leaf_id: int | None = None
         # Settings chosen before the first message, saved when the conversation is created.
-        self.draft_params = sampling_from(settings)
+        self.draft_params = SamplingParams.from_settings(settings)
         self.draft_instruction = settings.instruction
 
     # ---------------------------------------------------------------- which conversation and branch
@@ -74,7 +66,8 @@ class ChatSession:
     def new(self) -> None:
         """Start an empty chat; it is saved with its first message."""
         self.conversation, self.tree, self.leaf_id = None, MessageTree(), None
-        self.draft_params, self.draft_instruction = sampling_from(self.settings), self.settings.instruction
+        self.draft_params = SamplingParams.from_settings(self.settings)
+        self.draft_instruction = self.settings.instruction
 
     @property
     def id(self) -> str | None:
@@ -108,7 +101,7 @@ class ChatSession:
     def params(self) -> SamplingParams:
         if self.conversation is None:
             return self.draft_params
-        return params_from(self.conversation.params, sampling_from(self.settings))
+        return params_from(self.conversation.params, SamplingParams.from_settings(self.settings))
 
     @property
     def instruction(self) -> str | None:

@@ -39,10 +39,7 @@ def parse_fields(values: dict[str, str], base: Settings) -> SamplingParams:
         except ValueError:
             kind = "a whole number" if name in _INTS else "a number"
             raise ConfigError(f"{label}: {text!r} is not {kind}") from None
-    checked = apply_overrides(dataclasses.replace(base, seed=None), **changes)
-    return SamplingParams(do_sample=checked.temperature > 0, temperature=checked.temperature, top_p=checked.top_p,
-                          top_k=checked.top_k, repetition_penalty=checked.repetition_penalty,
-                          max_new_tokens=checked.max_new_tokens, seed=checked.seed)
+    return SamplingParams.from_settings(apply_overrides(dataclasses.replace(base, seed=None), **changes))
 
 
 class ConversationSettingsScreen(ModalScreen[Choice | None]):

@@ -32,7 +32,7 @@ def bar_cells(budget: Budget, cells: int = BAR_CELLS) -> list[tuple[str, int]]:
 
 
 class BudgetMeter(Widget):
-    """`ctx ▰▰▰▱▱ 1,234 + 512 / 2,048` with the parts named; warns as the window fills and when rounds drop."""
+    """`ctx ███▒▒░░ 1,234 + 512 / 2,048` and the parts named; warns as the window fills and when rounds drop."""
 
     DEFAULT_CSS = """
     BudgetMeter { width: 100%; height: 1; }

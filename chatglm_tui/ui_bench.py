@@ -131,6 +131,15 @@ class Terminal:
         return self.wait_for(predicate, since) * 1000
 
 
+def _shows(text: str) -> Callable[[str], bool]:
+    """A predicate: the output contains `text`."""
+
+    def shows(output: str) -> bool:
+        return text in output
+
+    return shows
+
+
 def _redrawn(output: str) -> bool:
     """A page of scrolling has been drawn (a scroll redraws most of the screen: far more than 200 characters)."""
     return len(output) > 200
@@ -140,8 +149,7 @@ def _typing(terminal: Terminal, samples: int) -> list[float]:
     """Type '@' keys one at a time; each is on screen when the prompt line shows that many."""
     times = []
     for count in range(1, samples + 1):
-        typed = "@" * count
-        times.append(terminal.timed_press("@", typed.__contains__))
+        times.append(terminal.timed_press("@", _shows("@" * count)))
         time.sleep(0.15)
     terminal.press("ctrl+n")  # a fresh, empty prompt for what comes next
     return times
@@ -153,7 +161,7 @@ def _open_long_chat(terminal: Terminal, times: int) -> list[float]:
     for _ in range(times):
         terminal.press("ctrl+o", *"500 messages", "enter")
         time.sleep(0.3)
-        durations.append(terminal.timed_press("enter", lambda out: END_MARK in out))
+        durations.append(terminal.timed_press("enter", _shows(END_MARK)))
         time.sleep(0.3)
         terminal.press("ctrl+n", "ctrl+o", *"\x15")  # ctrl+u clears the filter
         time.sleep(0.3)
@@ -174,7 +182,7 @@ def run_ui_bench(model: str | None, samples: int = 30) -> UiBenchResult:
     pid, fd = pty.fork()
     if pid == 0:  # the child: the app itself, in the pseudo-terminal
         os.environ.update(CHATGLM_HOME=str(home), TERM="xterm-256color", COLUMNS=str(SIZE[0]), LINES=str(SIZE[1]))
-        os.execv(sys.executable, [sys.executable, "-m", "chatglm_tui.tui.bench_ui", "--child", model or ""])
+        os.execv(sys.executable, [sys.executable, "-m", "chatglm_tui.ui_bench", "--child", model or ""])
     import fcntl
     import struct
     import termios
@@ -189,8 +197,10 @@ def run_ui_bench(model: str | None, samples: int = 30) -> UiBenchResult:
         terminal.press("ctrl+o", *"500 messages", "enter", "enter")
         time.sleep(1.0)
         page_up = [terminal.timed_press("pageup", _redrawn) for _ in range(10)]
+        since = terminal.mark()
         terminal.press("ctrl+n", *"Write a long story.", "enter")
-        time.sleep(3.0)  # the reply is streaming now
+        terminal.wait_for(_shows("writing"), since, timeout=120)  # the reply's header while it streams
+        time.sleep(3.0)  # past the prompt: text is streaming in now
         streaming = _typing(terminal, samples)
         terminal.press("escape")
     finally:
