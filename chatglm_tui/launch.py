@@ -12,8 +12,8 @@ import sys
 import tempfile
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chatglm_tui.engine.protocol import Engine
 from chatglm_tui.errors import ChatGLMError
@@ -21,6 +21,7 @@ from chatglm_tui.settings import Settings
 
 if TYPE_CHECKING:
     from chatglm_tui.store import SessionStore
+
 
 class NoTerminalError(ChatGLMError):
     """The chat needs a terminal on stdin and stdout."""
@@ -30,6 +31,8 @@ class NoTerminalError(ChatGLMError):
 
 @dataclass(frozen=True)
 class ChatOptions:
+    """What `chatglm` was asked to open, and with which settings."""
+
     settings: Settings
     continue_last: bool = False
     session: str | None = None

@@ -176,7 +176,11 @@ class InferenceWorker(threading.Thread):
 
     def _serve(self, request: Request, on_event: EventCallback) -> None:
         try:
-            if isinstance(request, ChatRequest):
+            with self._lock:
+                cancelled_while_queued = request.id in self._cancelled
+            if cancelled_while_queued:  # e.g. stopped while the model was still loading: nothing to compute
+                on_event(GenerationFinished(request.id, "stopped", "", GenerationStats(0, 0, 0.0, 0.0, 0.0)))
+            elif isinstance(request, ChatRequest):
                 self._chat(request, on_event)
             else:
                 self._summarize(request, on_event)

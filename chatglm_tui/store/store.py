@@ -303,9 +303,10 @@ class SessionStore:
         return [message_from_row(row) for row in rows]
 
     def history(self, conversation_id: str) -> list[tuple[str, str]]:
-        """(user, assistant) pairs of the current branch, as the model's history; a trailing question is left out.
+        """(user, assistant) pairs of the current branch, as the model's history for the next question.
 
-        A user message followed by another user message is paired with an empty reply, so nothing is dropped.
+        A question without a reply (followed by another question, or the last one, whose reply failed) is paired
+        with an empty reply, so nothing is dropped and the history of a turn never changes later.
         """
         pairs: list[tuple[str, str]] = []
         pending: str | None = None
@@ -317,6 +318,8 @@ class SessionStore:
             else:
                 pairs.append((pending or "", message.text))
                 pending = None
+        if pending is not None:
+            pairs.append((pending, ""))
         return pairs
 
     @_translated
@@ -329,9 +332,10 @@ class SessionStore:
 
     # Export and import --------------------------------------------------------------------------------
 
-    def export_markdown(self, conversation_id: str) -> str:
-        """The current branch as Markdown: title, metadata, a heading per message; stopped replies marked."""
-        return export.render_markdown(self.get(conversation_id), self.messages(conversation_id))
+    def export_markdown(self, conversation_id: str, leaf_id: int | None = None) -> str:
+        """A branch (default: the newest message's) as Markdown: title, metadata, a heading per message;
+        stopped replies marked."""
+        return export.render_markdown(self.get(conversation_id), self.messages(conversation_id, leaf_id))
 
     def export_json(self, conversation_id: str) -> dict[str, Any]:
         """The whole conversation, every branch included, as a `json.dumps`-able dict (see `import_json`)."""

@@ -21,7 +21,8 @@ from chatglm_tui.tui.keys import APP_BINDINGS, binding_rows, unknown_binding_ids
 from chatglm_tui.tui.messages import post_engine_event
 from chatglm_tui.tui.screens.chat import ChatScreen
 from chatglm_tui.tui.screens.help import HelpScreen
-from chatglm_tui.tui.themes import DEFAULT_THEME, load_themes, save_theme_choice
+from chatglm_tui.config_file import save_theme_choice
+from chatglm_tui.tui.themes import DEFAULT_THEME, load_themes
 
 
 class ChatApp(App[None]):

@@ -41,6 +41,7 @@ class PendingReply:
     request: ChatRequest
     conversation_id: str
     parent_id: int  # the user message being answered
+    previous_leaf: int | None = None  # for a regenerate: the reply shown before, shown again if this one fails
 
 
 class ChatSession:
@@ -133,8 +134,15 @@ class ChatSession:
         question = next((message for message in reversed(branch) if message.role == "user"), None)
         if question is None:
             return None
-        self.leaf_id = question.id
-        return self._request_for(question)
+        previous, self.leaf_id = self.leaf_id, question.id
+        return dataclasses.replace(self._request_for(question), previous_leaf=previous)
+
+    def reply_failed(self, pending: PendingReply) -> bool:
+        """After a failed reply: show again what a failed regenerate replaced; True if the branch changed."""
+        if pending.previous_leaf is None or pending.conversation_id != self.id:
+            return False
+        self.leaf_id = pending.previous_leaf
+        return True
 
     def _request_for(self, question: Message) -> PendingReply:
         rounds, _ = self.history(before=question.id)
@@ -173,5 +181,6 @@ class ChatSession:
         self.new()
 
     def export_markdown(self) -> str:
+        """The branch on screen as Markdown (other versions are in the JSON export)."""
         assert self.conversation is not None
-        return self.store.export_markdown(self.conversation.id)
+        return self.store.export_markdown(self.conversation.id, leaf_id=self.leaf_id)

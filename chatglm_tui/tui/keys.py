@@ -11,13 +11,27 @@ from collections.abc import Callable, Mapping
 from textual.binding import Binding
 
 from chatglm_tui.tui.screens.chat import ChatScreen
+from chatglm_tui.tui.screens.conversation_settings import ConversationSettingsScreen
+from chatglm_tui.tui.screens.help import HelpScreen
+from chatglm_tui.tui.screens.modals import ConfirmScreen
 from chatglm_tui.tui.widgets.message_view import MessageView
 from chatglm_tui.tui.widgets.prompt_input import PromptInput
 
 APP_BINDINGS: list[Binding | tuple[str, str] | tuple[str, str, str]] = [
     Binding("f1", "help", "Help", id="app.help", tooltip="Keys and what the context meter means"),
-    Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
+    Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True, tooltip="Quit (a reply being written is saved)"),
 ]
+
+
+def _dialog_bindings() -> list[Binding]:
+    """Each dialog binding once: the dialogs share their ids (`modal.cancel` is Esc in every one)."""
+    found: dict[str, Binding] = {}
+    for screen in (ConfirmScreen, ConversationSettingsScreen, HelpScreen):
+        for binding in screen.BINDINGS:
+            if isinstance(binding, Binding) and binding.id and binding.id not in found:
+                found[binding.id] = binding
+    return list(found.values())
+
 
 # Where each group applies, for the help table.
 GROUPS: tuple[tuple[str, list[Binding]], ...] = (
@@ -25,6 +39,7 @@ GROUPS: tuple[tuple[str, list[Binding]], ...] = (
     ("chat", [b for b in ChatScreen.BINDINGS if isinstance(b, Binding)]),
     ("prompt", [b for b in PromptInput.BINDINGS if isinstance(b, Binding)]),
     ("a focused message", [b for b in MessageView.BINDINGS if isinstance(b, Binding)]),
+    ("dialogs", _dialog_bindings()),
 )
 KNOWN_IDS = frozenset(binding.id for _, bindings in GROUPS for binding in bindings if binding.id)
 

@@ -59,8 +59,9 @@ class MessageTree:
 def rounds_of(branch: list[Message]) -> tuple[list[Round], list[tuple[int, ...]]]:
     """The branch as the model's history, and for each round the ids of the messages it was built from.
 
-    A trailing user message without a reply is not part of the history (it is the query being answered).
-    Two user messages in a row give a round with an empty reply, as the store's `history()` does.
+    A user message without a reply (one after another, or a question whose reply failed or is being written)
+    is a round with an empty reply, as the store's `history()` has it. To build the request for a question,
+    pass the branch before that question.
     """
     rounds: list[Round] = []
     sources: list[tuple[int, ...]] = []
@@ -75,4 +76,7 @@ def rounds_of(branch: list[Message]) -> tuple[list[Round], list[tuple[int, ...]]
             rounds.append((pending.text if pending else "", message.text))
             sources.append((pending.id, message.id) if pending else (message.id,))
             pending = None
+    if pending is not None:
+        rounds.append((pending.text, ""))
+        sources.append((pending.id,))
     return rounds, sources

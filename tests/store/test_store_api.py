@@ -103,10 +103,14 @@ def test_get_missing(store):
         store.get("nope")
 
 
-def test_history_pairs_and_skips_a_trailing_question(store):
+def test_history_pairs_an_unanswered_question_with_an_empty_reply(store):
     conversation = _chat(store, turns=2)
-    store.add_message(conversation.id, "user", "unanswered")
-    assert store.history(conversation.id) == [("question 0", "answer 0"), ("question 1", "answer 1")]
+    store.add_message(conversation.id, "user", "unanswered")  # e.g. its reply failed
+    expected = [("question 0", "answer 0"), ("question 1", "answer 1"), ("unanswered", "")]
+    assert store.history(conversation.id) == expected
+    store.add_message(conversation.id, "user", "next")
+    store.add_message(conversation.id, "assistant", "reply")
+    assert store.history(conversation.id) == expected + [("next", "reply")]  # a turn's history never changes
 
 
 def test_regenerate_branches_and_keeps_the_old_reply(store):

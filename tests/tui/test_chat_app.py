@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from textual import events
 from textual.command import CommandPalette
 from textual.widgets import Markdown, OptionList
 
@@ -95,6 +96,25 @@ async def test_a_blank_prompt_sends_nothing_and_ctrl_j_adds_a_line(build, store,
         await pilot.press(*"ab", "ctrl+j", *"cd")
         assert app.chat_screen.prompt.text == "ab\ncd"
         assert engine.requests == []
+
+
+async def test_pasted_lines_stay_in_the_prompt_and_up_recalls_earlier_prompts(build, store, ui):
+    engine = FakeEngine(["ok"])
+    app = build(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await ui.ready(pilot)
+        prompt = app.chat_screen.prompt
+        app.post_message(events.Paste("first line\nsecond line\n"))  # as the driver delivers a bracketed paste
+        await pilot.pause(0.05)
+        assert prompt.text == "first line\nsecond line\n"
+        assert engine.requests == [] and store.list_conversations() == []  # a paste never sends
+        await pilot.press("enter")
+        await ui.finished(pilot)
+        assert engine.requests[0].query == "first line\nsecond line"  # trailing blank lines are not sent
+        await pilot.press(*"draft", "up")
+        assert prompt.text == "first line\nsecond line"  # the earlier prompt, recalled
+        await pilot.press("down", "down", "down")
+        assert prompt.text == "draft"  # past the newest one: the draft is back
 
 
 # ------------------------------------------------------------------------------------------------ streaming and stop

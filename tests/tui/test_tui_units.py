@@ -72,16 +72,18 @@ def test_rounds_of_a_branch_with_their_sources():
     assert rounds_of(branch) == ([("user1", "assistant2"), ("user3", "assistant6")], [(1, 2), (3, 6)])
 
 
-def test_rounds_of_leaves_out_a_trailing_question():
+def test_rounds_of_pairs_a_trailing_question_with_an_empty_reply():
+    # A question whose reply failed (or is being written) is a round: the next question's history has it.
     branch = [msg(1, "user", None), msg(2, "assistant", 1), msg(3, "user", 2)]
-    assert rounds_of(branch) == ([("user1", "assistant2")], [(1, 2)])
-    assert rounds_of([msg(1, "user", None)]) == ([], [])
+    assert rounds_of(branch) == ([("user1", "assistant2"), ("user3", "")], [(1, 2), (3,)])
+    assert rounds_of([msg(1, "user", None)]) == ([("user1", "")], [(1,)])
     assert rounds_of([]) == ([], [])
 
 
 def test_rounds_of_pairs_two_questions_in_a_row_with_an_empty_reply():
     branch = [msg(1, "user", None), msg(2, "user", 1), msg(3, "assistant", 2), msg(4, "user", 3)]
-    assert rounds_of(branch) == ([("user1", ""), ("user2", "assistant3")], [(1,), (2, 3)])
+    assert rounds_of(branch) == ([("user1", ""), ("user2", "assistant3"), ("user4", "")], [(1,), (2, 3), (4,)])
+    assert rounds_of(branch[:3]) == ([("user1", ""), ("user2", "assistant3")], [(1,), (2, 3)])
 
 
 def test_rounds_of_a_reply_without_a_question():

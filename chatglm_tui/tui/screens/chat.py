@@ -18,7 +18,7 @@ from textual.widgets import Button, Footer, Static
 
 from chatglm_tui.engine.protocol import Engine, GenerationFailed, GenerationFinished, GenerationStats
 from chatglm_tui.errors import ChatGLMError
-from chatglm_tui.store import Message
+from chatglm_tui.store import Message, StoreError
 from chatglm_tui.tui.chat_session import ChatSession, PendingReply
 from chatglm_tui.tui.messages import (
     ModelLoadFailed,
@@ -30,7 +30,7 @@ from chatglm_tui.tui.messages import (
     ReplyStarted,
     post_engine_event,
 )
-from chatglm_tui.tui.screens.chat_actions import ConversationActions
+from chatglm_tui.tui.screens.chat_branches import BranchActions
 from chatglm_tui.tui.widgets.budget_meter import BudgetMeter
 from chatglm_tui.tui.widgets.conversation import Conversation, Entry
 from chatglm_tui.tui.widgets.message_view import MessageView, Versions
@@ -41,26 +41,36 @@ from chatglm_tui.tui.widgets.status_bar import StatusBar
 BUDGET_DELAY = 0.08  # seconds of typing pause before the meter recounts (exact counts cost ~1-6 ms)
 
 
-class ChatScreen(ConversationActions):
+class ChatScreen(BranchActions):
     """The main screen."""
 
     BINDINGS = [
         Binding("escape", "stop", "Stop", id="chat.stop", tooltip="Stop the reply (what was written is kept)"),
-        Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate", priority=True),
-        Binding("f5", "edit_last", "Edit last", id="chat.edit", show=False),
-        Binding("ctrl+y", "copy_reply", "Copy reply", id="chat.copy_reply", priority=True),
-        Binding("ctrl+b", "copy_code", "Copy code", id="chat.copy_code", priority=True, show=False),
-        Binding("ctrl+g", "open_editor", "Editor", id="chat.editor", priority=True, show=False),
-        Binding("ctrl+n", "new_chat", "New chat", id="chat.new", priority=True),
-        Binding("ctrl+o", "find_chat", "Find chat", id="chat.find", priority=True, show=False),
-        Binding("ctrl+s", "toggle_sidebar", "Sidebar", id="chat.sidebar", priority=True, show=False),
-        Binding("f2", "rename", "Rename", id="chat.rename", show=False),
-        Binding("f3", "conversation_settings", "Settings", id="chat.settings"),
-        Binding("f4", "export", "Export", id="chat.export", show=False),
-        Binding("f8", "delete", "Delete", id="chat.delete", show=False),
-        Binding("pageup", "scroll_transcript(-1)", "Scroll up", id="chat.page_up", priority=True, show=False),
+        Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate", priority=True,
+                tooltip="Answer the last question again (the old reply stays as a version)"),
+        Binding("f5", "edit_last", "Edit last", id="chat.edit", show=False,
+                tooltip="Edit the last question and send it as a new version"),
+        Binding("ctrl+y", "copy_reply", "Copy reply", id="chat.copy_reply", priority=True,
+                tooltip="Copy the last reply"),
+        Binding("ctrl+b", "copy_code", "Copy code", id="chat.copy_code", priority=True, show=False,
+                tooltip="Copy a code block of the last reply"),
+        Binding("ctrl+g", "open_editor", "Editor", id="chat.editor", priority=True, show=False,
+                tooltip="Write the prompt in $EDITOR"),
+        Binding("ctrl+n", "new_chat", "New chat", id="chat.new", priority=True, tooltip="Start a new chat"),
+        Binding("ctrl+o", "find_chat", "Find chat", id="chat.find", priority=True, show=False,
+                tooltip="Filter the saved conversations"),
+        Binding("ctrl+s", "toggle_sidebar", "Sidebar", id="chat.sidebar", priority=True, show=False,
+                tooltip="Show or hide the conversations"),
+        Binding("f2", "rename", "Rename", id="chat.rename", show=False, tooltip="Rename this conversation"),
+        Binding("f3", "conversation_settings", "Settings", id="chat.settings",
+                tooltip="This chat's instruction and sampling settings"),
+        Binding("f4", "export", "Export", id="chat.export", show=False,
+                tooltip="Export this conversation to Markdown"),
+        Binding("f8", "delete", "Delete", id="chat.delete", show=False, tooltip="Delete this conversation"),
+        Binding("pageup", "scroll_transcript(-1)", "Scroll up", id="chat.page_up", priority=True, show=False,
+                tooltip="Scroll the conversation up"),
         Binding("pagedown", "scroll_transcript(1)", "Scroll down", id="chat.page_down", priority=True,
-                show=False),
+                show=False, tooltip="Scroll the conversation down"),
     ]
 
     def __init__(self, session: ChatSession, engine: Engine, model_label: tuple[str, str, str],
@@ -70,7 +80,9 @@ class ChatScreen(ConversationActions):
         self.session, self.engine = session, engine
         self.model_label = model_label
         self.pending: PendingReply | None = None
-        self.reply_view: MessageView | None = None
+        self.reply_view: MessageView | None = None  # None while the pending reply's chat is not on screen
+        self.streamed = ""  # the pending reply's text so far, kept here too: its view may be gone
+        self.reply_started = False  # the engine has begun the pending request (else it waits in a queue)
         self.editing: int | None = None  # the message being edited, if any
         self.load_state = "loading"
         self.load_error = ""
@@ -125,9 +137,7 @@ class ChatScreen(ConversationActions):
             else:
                 self.notify("The reply was stopped; what it had written is saved in its chat.")
         self.reply_view = None
-        if self.editing is not None:
-            self.set_editing(None)
-            self.prompt.clear()
+        self.end_edit()
 
     def action_scroll_transcript(self, pages: int) -> None:
         """Page through the transcript from anywhere, the prompt included (reading while typing)."""
@@ -153,6 +163,9 @@ class ChatScreen(ConversationActions):
         """Recount the window for the branch, the instruction, the draft and the reply reserve (exact)."""
         meter = self.query_one(BudgetMeter)
         rounds, sources = self.session.history(before=self.editing)
+        pending = self.pending
+        if (pending is not None and self.editing is None and sources and sources[-1] == (pending.parent_id,)):
+            rounds[-1] = (rounds[-1][0], self.streamed)  # the round being answered, with the reply so far
         try:
             budget = self.engine.budget(rounds, self.prompt.text, self.session.instruction,
                                         reserve=self.session.params.max_new_tokens)
@@ -199,16 +212,21 @@ class ChatScreen(ConversationActions):
     async def send(self, event: PromptInput.Submitted) -> None:
         if not self.can_generate():
             return
+        self.refresh_budget()  # count what is in the prompt now, not what was there at the last pause
         budget = self.query_one(BudgetMeter).budget
         if budget is not None and not budget.fits:
             self.notify("This message does not fit in the context window: shorten it, or lower the reply limit "
                         "(F3).", severity="error")
             return
         text, edit_of = event.text.strip("\n"), self.editing
-        message, pending = self.session.send(text, edit_of=edit_of)
+        try:
+            message, pending = self.session.send(text, edit_of=edit_of)
+        except StoreError as exc:  # the prompt keeps the text
+            self.store_problem(exc)
+            return
         self.prompt.remember(text)
         self.prompt.clear()
-        self.set_editing(None)
+        self.end_edit()
         if edit_of is not None:
             await self.show_branch()
         else:
@@ -229,7 +247,7 @@ class ChatScreen(ConversationActions):
         return True
 
     async def start_reply(self, pending: PendingReply) -> None:
-        self.pending = pending
+        self.pending, self.streamed, self.reply_started = pending, "", False
         self.reply_view = await self.conversation.add(MessageView(None))
         self.reply_view.note = "waiting for the model to load…" if self.load_state == "loading" else ""
         self.reply_view.refresh_header()
@@ -240,6 +258,8 @@ class ChatScreen(ConversationActions):
         return self.pending is not None and self.pending.request.id == request_id
 
     def on_reply_started(self, message: ReplyStarted) -> None:
+        if self.is_pending(message.event.request_id):
+            self.reply_started = True
         pending = self.pending
         if (pending is None or not self.is_pending(message.event.request_id) or self.reply_view is None
                 or pending.conversation_id != self.session.id):
@@ -257,6 +277,8 @@ class ChatScreen(ConversationActions):
             self.reply_view.refresh_header()
 
     async def on_reply_delta(self, message: ReplyDelta) -> None:
+        if self.is_pending(message.event.request_id):
+            self.streamed += message.event.text
         if self.is_pending(message.event.request_id) and self.reply_view is not None:
             if self.reply_view.note:
                 self.reply_view.note = ""
@@ -268,13 +290,22 @@ class ChatScreen(ConversationActions):
             return
         pending, view = self.pending, self.reply_view
         self.pending, self.reply_view = None, None
-        saved = self.session.save_reply(pending, message.event)
+        try:
+            saved = self.session.save_reply(pending, message.event)
+        except StoreError as exc:  # its conversation was deleted elsewhere meanwhile
+            self.store_problem(exc)
+            if view is not None and view.is_attached:
+                await view.finish(None, message.event.text)
+            self.refresh_bindings()
+            return
         stats = message.event.stats
         rate = f" · {stats.tokens_per_s:.1f} tok/s" if stats.tokens_per_s else ""
         self.query_one(StatusBar).speed = f"last reply {stats.new_tokens} tokens{rate}"
         if view is not None and view.is_attached:
             view.versions = Versions(*self.session.versions(saved))
             await view.finish(saved)
+        elif pending.conversation_id == self.session.id:
+            await self.show_branch()  # back in its chat before the reply ended: show it where it belongs
         if message.event.reason == "stopped":
             self.notify("Stopped. The partial reply is saved and marked stopped.")
         self.refresh_bindings()
@@ -284,20 +315,26 @@ class ChatScreen(ConversationActions):
     async def on_reply_failed(self, message: ReplyFailed) -> None:
         if not self.is_pending(message.event.request_id):
             return
-        view, self.pending, self.reply_view = self.reply_view, None, None
-        if view is not None and view.is_attached:
-            await view.finish(None, f"*The reply failed: {message.event.message}*\n\nPress ctrl+r to try again.")
+        pending, view = self.pending, self.reply_view
+        self.pending, self.reply_view = None, None
         self.notify(message.event.message, title="The reply failed", severity="error", timeout=10)
         self.refresh_bindings()
+        if pending is not None and self.session.reply_failed(pending):
+            await self.show_branch()  # a failed regenerate: the reply it was to replace is shown again
+        elif view is not None and view.is_attached:
+            await view.finish(None, f"*The reply failed: {message.event.message}*\n\nPress ctrl+r to try again.")
 
     def save_partial(self) -> None:
         """On quit mid-reply: save what was written, marked stopped (the engine is closed right after)."""
-        if self.pending is None or self.reply_view is None or not self.reply_view.text:
+        if self.pending is None or not self.streamed:
             return
-        text = self.reply_view.text
         stats = GenerationStats(0, 0, 0.0, 0.0, 0.0)
-        self.session.save_reply(self.pending, GenerationFinished(self.pending.request.id, "stopped", text, stats))
+        finished = GenerationFinished(self.pending.request.id, "stopped", self.streamed, stats)
         self.engine.cancel(self.pending.request.id)
+        try:
+            self.session.save_reply(self.pending, finished)
+        except StoreError:
+            pass  # its conversation was deleted elsewhere: there is nothing to save it into
         self.pending = None
 
     # ---------------------------------------------------------------- stop, regenerate, edit, versions
@@ -309,75 +346,16 @@ class ChatScreen(ConversationActions):
             return self.pending is None
         return True
 
-    def action_stop(self) -> None:
-        if self.pending is not None:
-            self.engine.cancel(self.pending.request.id)
-        elif self.editing is not None:
-            self.set_editing(None)
-            self.prompt.clear()
-
-    async def action_regenerate(self) -> None:
-        if not self.can_generate():
+    async def action_stop(self) -> None:
+        """Esc: stop the reply (it is saved, marked stopped), or cancel an edit."""
+        if self.pending is None:
+            self.end_edit()
             return
-        pending = self.session.regenerate()
-        if pending is None:
-            self.notify("There is no question to answer again yet.", severity="warning")
-            return
-        await self.show_branch()
-        await self.start_reply(pending)
-
-    def action_edit_last(self) -> None:
-        question = next((message for message in reversed(self.session.branch) if message.role == "user"), None)
-        if question is None:
-            self.notify("There is no question to edit yet.", severity="warning")
-        else:
-            self.edit(question)
-
-    def edit(self, message: Message) -> None:
-        """Put a question in the prompt; sending it makes a new version (the old branch stays reachable)."""
-        if message.role != "user":
-            self.notify("Only your questions can be edited; use ctrl+r for a new reply.", severity="warning")
-            return
-        self.set_editing(message.id)
-        self.prompt.load_text(message.text)
-        self.prompt.move_cursor(self.prompt.document.end)
-        self.prompt.focus()
-
-    def set_editing(self, message_id: int | None) -> None:
-        self.editing = message_id
-        banner = self.query_one("#edit-banner", Static)
-        banner.update("Editing a question: Enter sends it as a new version (the old one stays, ←/→ on it) · "
-                      "Esc cancels" if message_id is not None else "")
-        banner.display = message_id is not None
-        for view in self.conversation.views:
-            view.set_class(view.message is not None and view.message.id == message_id, "-editing")
-        self.refresh_bindings()
-        self.refresh_budget()
-
-    @on(MessageView.Action)
-    async def message_action(self, event: MessageView.Action) -> None:
-        message = event.view.message
-        if event.kind == "copy":
-            self.copy_text("the message", event.view.text)
-        elif event.kind == "copy_code":
-            self.copy_code_from(event.view.text)
-        elif message is None:
-            self.notify("Wait for the reply to finish first.", severity="warning")
-        elif event.kind == "edit":
-            self.edit(message)
-        elif event.kind == "version":
-            await self.switch_version(message, event.step)
-
-    async def switch_version(self, message: Message, step: int) -> None:
-        if self.pending is not None:
-            self.notify("Wait for the reply to finish (or stop it) before switching versions.", severity="warning")
-            return
-        shown = self.session.switch_version(message.id, step)
-        if shown is None:
-            index, count = self.session.versions(message)
-            self.notify(f"This is version {index} of {count}.")
-            return
-        if self.editing is not None and self.editing not in {m.id for m in self.session.branch}:
-            self.set_editing(None)  # the question being edited is on the branch just left
-            self.prompt.clear()
-        await self.show_branch(focus=shown)
+        self.engine.cancel(self.pending.request.id)
+        if not self.reply_started:  # still queued behind the model load: take it back at once
+            view, self.pending, self.reply_view = self.reply_view, None, None
+            if view is not None:
+                await view.remove()
+            self.refresh_bindings()
+            self.notify("Not sent to the model; your question is saved. Press ctrl+r to ask it once the model "
+                        "is ready.")

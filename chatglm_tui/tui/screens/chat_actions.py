@@ -17,7 +17,7 @@ from textual.widgets import Input, Static
 
 from chatglm_tui.engine.protocol import Engine
 from chatglm_tui.store import StoreError
-from chatglm_tui.tui.chat_session import ChatSession
+from chatglm_tui.tui.chat_session import ChatSession, PendingReply
 from chatglm_tui.tui.clipboard import copy_with_tool, describe_copy, save_copy
 from chatglm_tui.tui.code_blocks import code_blocks
 from chatglm_tui.tui.screens.conversation_settings import Choice, ConversationSettingsScreen
@@ -54,6 +54,7 @@ class ConversationActions(Screen[None]):
 
     session: ChatSession
     engine: Engine
+    pending: PendingReply | None
     reply_view: MessageView | None
     editing: int | None
 
@@ -69,6 +70,13 @@ class ConversationActions(Screen[None]):
 
     def stop_for_switch(self, discard: bool = False) -> None:
         raise NotImplementedError
+
+    def end_edit(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def conversation_views(self) -> list[MessageView]:
+        return list(self.query_one("#conversation").query_children(MessageView))
 
     @property
     def prompt(self) -> PromptInput:
@@ -103,10 +111,21 @@ class ConversationActions(Screen[None]):
             self.prompt.focus()
             return
         self.stop_for_switch()
-        self.session.open(conversation_id)
+        try:
+            self.session.open(conversation_id)
+        except StoreError as exc:  # e.g. deleted meanwhile by `chatglm sessions rm` in another terminal
+            self.store_problem(exc)
+            return
         await self.show_branch()
         self.refresh_sidebar()
         self.prompt.focus()
+
+    def store_problem(self, exc: StoreError) -> None:
+        """A store operation failed (the conversation was deleted elsewhere, the disk is full…): say so and
+        refresh the list; the app goes on."""
+        self.notify(f"{exc}. The list of conversations is refreshed.", title="Not done", severity="error",
+                    timeout=10)
+        self.refresh_sidebar()
 
     async def action_new_chat(self) -> None:
         self.stop_for_switch()
@@ -135,10 +154,15 @@ class ConversationActions(Screen[None]):
         assert self.session.conversation is not None
 
         def rename(title: str | None) -> None:
-            if title:
+            if not title:
+                return
+            try:
                 self.session.rename(title)
-                self.query_one("#chat-title", Static).update(title)
-                self.refresh_sidebar()
+            except StoreError as exc:
+                self.store_problem(exc)
+                return
+            self.query_one("#chat-title", Static).update(title)
+            self.refresh_sidebar()
 
         self.app.push_screen(TextPromptScreen("Rename conversation", self.session.conversation.title), rename)
 
@@ -152,9 +176,15 @@ class ConversationActions(Screen[None]):
         async def delete(confirmed: bool | None) -> None:
             if not confirmed:
                 return
-            self.stop_for_switch(discard=True)
-            self.session.delete()
-            self.notify(f"Deleted “{conversation.title}”.")
+            pending = self.pending
+            self.stop_for_switch(discard=pending is not None and pending.conversation_id == conversation.id)
+            try:
+                self.session.delete()
+            except StoreError as exc:
+                self.store_problem(exc)
+            else:
+                self.notify(f"Deleted “{conversation.title}”.")
+            self.session.new()
             latest = self.session.store.latest()
             if latest is not None:
                 self.session.open(latest.id)
@@ -183,11 +213,16 @@ class ConversationActions(Screen[None]):
 
     def action_conversation_settings(self) -> None:
         def apply(choice: Choice | None) -> None:
-            if choice is not None:
+            if choice is None:
+                return
+            try:
                 self.session.configure(*choice)
-                self.refresh_budget()
-                self.notify("Saved for this chat." if self.session.conversation else
-                            "Used for this chat once you send its first message.")
+            except StoreError as exc:
+                self.store_problem(exc)
+                return
+            self.refresh_budget()
+            self.notify("Saved for this chat." if self.session.conversation else
+                        "Used for this chat once you send its first message.")
 
         title = self.session.conversation.title if self.session.conversation else "new chat"
         self.app.push_screen(ConversationSettingsScreen(self.session.params, self.session.instruction,

@@ -7,6 +7,7 @@ then is rendered once in full when it ends (a code fence open mid-stream would o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -14,9 +15,11 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message as TextualMessage
 from textual.widgets import Markdown, Static
-from textual.widgets._markdown import MarkdownStream
 
 from chatglm_tui.store import Message
+
+if TYPE_CHECKING:
+    from textual.widgets._markdown import MarkdownStream
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,21 @@ class MessageView(Vertical, can_focus=True):
     ]
 
     @dataclass
-    class Action(TextualMessage):
-        """The user asked to do something with a message: copy, copy_code, edit or version (with `step`)."""
-
+    class CopyRequested(TextualMessage):
         view: MessageView
-        kind: str
-        step: int = 0
+
+    @dataclass
+    class CodeCopyRequested(TextualMessage):
+        view: MessageView
+
+    @dataclass
+    class EditRequested(TextualMessage):
+        view: MessageView
+
+    @dataclass
+    class VersionRequested(TextualMessage):
+        view: MessageView
+        step: int  # -1: the older version, +1: the newer one
 
     def __init__(self, message: Message | None, *, role: str = "assistant", versions: Versions = Versions(),
                  left_out: bool = False) -> None:
@@ -127,13 +139,13 @@ class MessageView(Vertical, can_focus=True):
             views[index].scroll_visible()
 
     def action_copy(self) -> None:
-        self.post_message(self.Action(self, "copy"))
+        self.post_message(self.CopyRequested(self))
 
     def action_copy_code(self) -> None:
-        self.post_message(self.Action(self, "copy_code"))
+        self.post_message(self.CodeCopyRequested(self))
 
     def action_edit(self) -> None:
-        self.post_message(self.Action(self, "edit"))
+        self.post_message(self.EditRequested(self))
 
     def action_version(self, step: int) -> None:
-        self.post_message(self.Action(self, "version", step))
+        self.post_message(self.VersionRequested(self, step))

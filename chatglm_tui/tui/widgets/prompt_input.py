@@ -34,6 +34,7 @@ class PromptInput(TextArea):
         self.recall: list[str] = []
         self._history_index: int | None = None  # position while recalling; None while editing a fresh draft
         self._draft = ""
+        self._recalled = ""  # the prompt last recalled: a different text means the user edited it
 
     def action_submit(self) -> None:
         if self.text.strip():
@@ -48,22 +49,32 @@ class PromptInput(TextArea):
             self.recall.append(text)
         self._history_index = None
 
+    def on_text_area_changed(self) -> None:
+        # Typing into a recalled prompt makes it a new draft: ↑/↓ start again from the newest prompt.
+        if self._history_index is not None and self.text != self._recalled:
+            self._history_index = None
+
     def action_history(self, step: int) -> None:
-        """↑ on the first line / ↓ on the last line walks the prompt history; elsewhere they move the cursor."""
-        row, _ = self.cursor_location
-        at_edge = row == 0 if step < 0 else row == self.document.line_count - 1
-        if not at_edge or not self.recall:
+        """↑ on the first screen row / ↓ on the last one walks the prompt history; elsewhere they move the cursor.
+
+        Rows are the wrapped rows on screen, so ↑ in a long wrapped line still moves up within it.
+        """
+        location = self.cursor_location
+        navigator = self.navigator
+        at_edge = (navigator.is_first_wrapped_line(location) if step < 0
+                   else navigator.is_last_wrapped_line(location))
+        if not at_edge or not self.recall or (self._history_index is None and step > 0):
             self.action_cursor_up() if step < 0 else self.action_cursor_down()
             return
         if self._history_index is None:
-            if step > 0:
-                return self.action_cursor_down()
             self._draft, self._history_index = self.text, len(self.recall)
         index = self._history_index + step
+        if index < 0:
+            return
         if index >= len(self.recall):
             self._history_index = None
             self.load_text(self._draft)
-        elif index >= 0:
-            self._history_index = index
-            self.load_text(self.recall[index])
+        else:
+            self._history_index, self._recalled = index, self.recall[index]
+            self.load_text(self._recalled)
         self.move_cursor(self.document.end)
