@@ -233,3 +233,18 @@ async def test_an_edit_gives_the_unsent_draft_back(build, ui):
         await pilot.press("enter")
         await ui.finished(pilot)
         assert prompt.text == "my unsent draft"  # back after the edit was sent
+
+
+async def test_conversations_added_elsewhere_appear_in_the_sidebar(build, store, ui, monkeypatch):
+    from chatglm_tui.tui.screens.chat import ChatScreen
+
+    monkeypatch.setattr(ChatScreen, "STORE_POLL_SECONDS", 0.1)
+    app = build(FakeEngine(["ok"]))
+    async with app.run_test(size=SIZE) as pilot:
+        await ui.ready(pilot)
+        assert ui.sidebar_labels(app) == ["No conversations yet"]
+        other = store.create_conversation("From chatglm ask")  # another process, same database
+        ui.add_rounds(store, other.id, [("q", "a")])
+        await ui.wait_for(pilot, lambda: ui.sidebar_labels(app) == ["From chatglm ask"], timeout=3)
+        store.rename(other.id, "Renamed elsewhere")
+        await ui.wait_for(pilot, lambda: ui.sidebar_labels(app) == ["Renamed elsewhere"], timeout=3)

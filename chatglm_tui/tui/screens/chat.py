@@ -73,6 +73,8 @@ class ChatScreen(BranchActions):
                 show=False, tooltip="Scroll the conversation down"),
     ]
 
+    STORE_POLL_SECONDS = 3.0  # the store is shared with `chatglm ask` and other windows
+
     def __init__(self, session: ChatSession, engine: Engine, model_label: tuple[str, str, str],
                  conversation_id: str | None = None, clock: Callable[[], float] = time.time) -> None:
         super().__init__(id="chat")
@@ -106,6 +108,7 @@ class ChatScreen(BranchActions):
         await self.show_branch()
         self.refresh_sidebar()
         self.query_one(PromptInput).focus()
+        self.set_interval(self.STORE_POLL_SECONDS, self.watch_store)
 
     # ---------------------------------------------------------------- widgets
 

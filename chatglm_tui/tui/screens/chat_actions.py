@@ -82,7 +82,8 @@ class ConversationActions(Screen[None]):
     def prompt(self) -> PromptInput:
         return self.query_one(PromptInput)
 
-    def refresh_sidebar(self) -> None:
+    def refresh_sidebar(self, only_if_changed: bool = False) -> None:
+        """List the saved conversations (filtered); with `only_if_changed`, redraw only if the store changed."""
         sidebar = self.query_one(Sidebar)
         text = sidebar.filter_text.strip()
         store = self.session.store
@@ -95,7 +96,16 @@ class ConversationActions(Screen[None]):
                 if conversation.id not in seen:
                     seen.add(conversation.id)
                     conversations.append(conversation)
+        if only_if_changed and conversations == sidebar.conversations:
+            return  # redrawing would reset the list's scroll and highlight for nothing
         sidebar.show(conversations, self.session.id)
+
+    def watch_store(self) -> None:
+        """Every few seconds: show conversations that `chatglm ask` or another window added, renamed or deleted."""
+        try:
+            self.refresh_sidebar(only_if_changed=True)
+        except StoreError:
+            pass  # a busy or briefly unreadable database: the next tick tries again
 
     @on(Sidebar.FilterChanged)
     def filter_sidebar(self) -> None:
