@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
-from chatglm_tui.engine.protocol import Engine, LoadFailed
+from chatglm_tui.config_file import save_theme_choice
+from chatglm_tui.engine.protocol import Engine, Event, LoadFailed
 from chatglm_tui.errors import ChatGLMError
 from chatglm_tui.settings import Settings
 from chatglm_tui.store import SessionStore
@@ -21,7 +22,6 @@ from chatglm_tui.tui.keys import APP_BINDINGS, binding_rows, unknown_binding_ids
 from chatglm_tui.tui.messages import post_engine_event
 from chatglm_tui.tui.screens.chat import ChatScreen
 from chatglm_tui.tui.screens.help import HelpScreen
-from chatglm_tui.config_file import save_theme_choice
 from chatglm_tui.tui.themes import DEFAULT_THEME, load_themes
 
 
@@ -54,9 +54,9 @@ class ChatApp(App[None]):
     def load_model(self) -> None:
         """On a worker thread: load the engine's model; progress and failure go to the chat screen."""
 
-        def forward(event: object) -> None:
+        def forward(event: Event) -> None:
             if not isinstance(event, LoadFailed):  # the failure is reported once, from the exception below
-                post_engine_event(self.chat_screen, event)  # type: ignore[arg-type]
+                post_engine_event(self.chat_screen, event)
 
         try:
             self.engine.load(forward)

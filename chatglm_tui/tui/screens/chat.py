@@ -172,8 +172,10 @@ class ChatScreen(BranchActions):
         try:
             budget = self.engine.budget(rounds, self.prompt.text, self.session.instruction,
                                         reserve=self.session.params.max_new_tokens)
-        except ChatGLMError:
-            meter.budget, meter.note = None, "counted once the tokenizer is loaded"
+        except ChatGLMError:  # no tokenizer yet (or ever, when the load failed)
+            meter.budget = None
+            meter.note = ("not counted: the model's tokenizer is not loaded" if self.load_state == "failed"
+                          else "counted once the tokenizer is loaded")
             return
         meter.budget = budget
         left_out = {message_id for index in budget.dropped_rounds for message_id in sources[index]}
@@ -195,9 +197,7 @@ class ChatScreen(BranchActions):
         self.load_state, self.load_error = "failed", message.event.message
         status = self.query_one(StatusBar)
         status.state, status.detail = "failed", "model not loaded (F1 for help)"
-        meter = self.query_one(BudgetMeter)
-        if meter.budget is None:
-            meter.note = "not counted: the model's tokenizer is not loaded"
+        self.refresh_budget()
         if self.pending is not None:  # a message sent while loading will never be answered: say so
             self.post_message(ReplyFailed(GenerationFailed(self.pending.request.id,
                                                            f"the model is not loaded: {message.event.message}")))
