@@ -62,6 +62,23 @@ def tiny_int4(fixture_dir: Path):
     return load_model(fixture_dir / "int4", dtype="float32")
 
 
+class TickingClock:
+    """A clock one second later at every reading, so every timestamp (and ordering) is deterministic."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.fixture
+def clock() -> TickingClock:
+    """A fresh `TickingClock`, for stores under test."""
+    return TickingClock()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def isolated_home(tmp_path_factory) -> Path:
     """Every test writes caches and data under a temporary CHATGLM_HOME, never the user's directories."""

@@ -53,20 +53,10 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-class TickingClock:
-    """One second later at every reading: timestamps, and so the sidebar's order, are deterministic."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
 @pytest.fixture
-def store(home: Path) -> Iterator[SessionStore]:
-    with SessionStore(home / "data" / "sessions.sqlite3", clock=TickingClock()) as opened:
+def store(home: Path, clock: Callable[[], float]) -> Iterator[SessionStore]:
+    """The store the app under test uses; its ticking clock makes the sidebar's order deterministic."""
+    with SessionStore(home / "data" / "sessions.sqlite3", clock=clock) as opened:
         yield opened
 
 
