@@ -46,8 +46,8 @@ class ConversationSettingsScreen(ModalScreen[Choice | None]):
     """Instruction and sampling for this conversation; ctrl+s saves, Esc cancels."""
 
     BINDINGS = [
-        Binding("escape", "dismiss(None)", "Cancel", id="modal.cancel"),
-        Binding("ctrl+s", "save", "Save", id="modal.save", priority=True),
+        Binding("escape", "dismiss(None)", "Cancel", id="modal.cancel", tooltip="Close without saving"),
+        Binding("ctrl+s", "save", "Save", id="modal.save", priority=True, tooltip="Save these settings"),
     ]
 
     def __init__(self, params: SamplingParams, instruction: str | None, settings: Settings, title: str) -> None:

@@ -54,7 +54,7 @@ def keys_table(rows: Sequence[tuple[str, str, str]]) -> str:
 class HelpScreen(ModalScreen[None]):
     """Keys and concepts, as Markdown; Esc or F1 closes it."""
 
-    BINDINGS = [Binding("escape,f1,q", "dismiss", "Close", id="modal.close")]
+    BINDINGS = [Binding("escape,f1,q", "dismiss", "Close", id="modal.close", tooltip="Close the help")]
 
     def __init__(self, rows: Sequence[tuple[str, str, str]], window: int) -> None:
         super().__init__(classes="modal")

@@ -21,7 +21,8 @@ You can still read, search, rename and export your saved conversations."""
 class LoadErrorScreen(ModalScreen[bool]):
     """The load failure and the fixes; returns True to quit, False to keep browsing without the model."""
 
-    BINDINGS = [Binding("escape", "dismiss(False)", "Browse chats", id="modal.cancel")]
+    BINDINGS = [Binding("escape", "dismiss(False)", "Browse chats", id="modal.cancel",
+                        tooltip="Close without changing anything")]
 
     def __init__(self, message: str, model: str, config: str) -> None:
         super().__init__(classes="modal")

@@ -15,7 +15,8 @@ from textual.widgets.option_list import Option
 class ConfirmScreen(ModalScreen[bool]):
     """A yes/no question; Enter on the focused button, Esc means no."""
 
-    BINDINGS = [Binding("escape", "dismiss(False)", "Cancel", id="modal.cancel")]
+    BINDINGS = [Binding("escape", "dismiss(False)", "Cancel", id="modal.cancel",
+                        tooltip="Close without changing anything")]
 
     def __init__(self, title: str, message: str, confirm: str = "Delete", *, danger: bool = True) -> None:
         super().__init__(classes="modal")
@@ -39,7 +40,8 @@ class ConfirmScreen(ModalScreen[bool]):
 class TextPromptScreen(ModalScreen[str | None]):
     """One line of text (e.g. a new title); Enter accepts, Esc cancels; blank text is refused."""
 
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="modal.cancel")]
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="modal.cancel",
+                        tooltip="Close without changing anything")]
 
     def __init__(self, title: str, value: str = "", placeholder: str = "") -> None:
         super().__init__(classes="modal")
@@ -62,7 +64,8 @@ class TextPromptScreen(ModalScreen[str | None]):
 class PickScreen(ModalScreen[int | None]):
     """Choose one of several items (e.g. which code block to copy); returns its index, or None."""
 
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="modal.cancel")]
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="modal.cancel",
+                        tooltip="Close without changing anything")]
 
     def __init__(self, title: str, items: Sequence[str]) -> None:
         super().__init__(classes="modal")

@@ -34,13 +34,17 @@ class MessageView(Vertical, can_focus=True):
     """A user message or a reply; focus it (shift+tab from the prompt, then ↑/↓) to act on it."""
 
     BINDINGS = [
-        Binding("up", "neighbour(-1)", "Previous message", show=False, id="message.previous"),
-        Binding("down", "neighbour(1)", "Next message", show=False, id="message.next"),
+        Binding("up", "neighbour(-1)", "Previous message", show=False, id="message.previous",
+                tooltip="Focus the message above"),
+        Binding("down", "neighbour(1)", "Next message", show=False, id="message.next",
+                tooltip="Focus the message below"),
         Binding("y", "copy", "Copy", id="message.copy", tooltip="Copy this message's text"),
         Binding("c", "copy_code", "Copy code", id="message.copy_code", tooltip="Copy a code block of this message"),
         Binding("e", "edit", "Edit", id="message.edit", tooltip="Edit this question and send it as a new version"),
-        Binding("left,[", "version(-1)", "Older version", id="message.older_version"),
-        Binding("right,]", "version(1)", "Newer version", id="message.newer_version"),
+        Binding("left,[", "version(-1)", "Older version", id="message.older_version",
+                tooltip="Show the previous version of this message (and its branch)"),
+        Binding("right,]", "version(1)", "Newer version", id="message.newer_version",
+                tooltip="Show the next version of this message (and its branch)"),
     ]
 
     @dataclass

@@ -19,8 +19,10 @@ class PromptInput(TextArea):
         Binding("enter", "submit", "Send", id="chat.send", priority=True, tooltip="Send the message"),
         Binding("ctrl+j,alt+enter,shift+enter", "newline", "New line", id="chat.newline", priority=True,
                 tooltip="Insert a line break"),
-        Binding("up", "history(-1)", "Earlier prompt", show=False, id="chat.history_previous"),
-        Binding("down", "history(1)", "Later prompt", show=False, id="chat.history_next"),
+        Binding("up", "history(-1)", "Earlier prompt", show=False, id="chat.history_previous",
+                tooltip="On the first line: recall the previous prompt"),
+        Binding("down", "history(1)", "Later prompt", show=False, id="chat.history_next",
+                tooltip="On the last line: recall the next prompt"),
     ]
 
     @dataclass
