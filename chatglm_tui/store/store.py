@@ -24,6 +24,7 @@ from chatglm_tui.store import export, migrations
 from chatglm_tui.store.connection import connect, enable_wal, transaction
 from chatglm_tui.store.errors import StoreError
 from chatglm_tui.store.models import ROLES, Conversation, Message, Role
+from chatglm_tui.store.rounds import rounds_of
 from chatglm_tui.store.search import escape_like, search_rows
 
 P = ParamSpec("P")
@@ -308,19 +309,7 @@ class SessionStore:
         A question without a reply (followed by another question, or the last one, whose reply failed) is paired
         with an empty reply, so nothing is dropped and the history of a turn never changes later.
         """
-        pairs: list[tuple[str, str]] = []
-        pending: str | None = None
-        for message in self.messages(conversation_id):
-            if message.role == "user":
-                if pending is not None:
-                    pairs.append((pending, ""))
-                pending = message.text
-            else:
-                pairs.append((pending or "", message.text))
-                pending = None
-        if pending is not None:
-            pairs.append((pending, ""))
-        return pairs
+        return rounds_of(self.messages(conversation_id))[0]
 
     @_translated
     def search(self, text: str, limit: int = 20) -> list[tuple[Conversation, Message]]:

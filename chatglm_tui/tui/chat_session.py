@@ -13,8 +13,8 @@ from typing import Any
 
 from chatglm_tui.engine.protocol import ChatRequest, GenerationFinished, Round, SamplingParams
 from chatglm_tui.settings import Settings
-from chatglm_tui.store import Conversation, Message, SessionStore
-from chatglm_tui.tui.tree import MessageTree, rounds_of
+from chatglm_tui.store import Conversation, Message, SessionStore, rounds_of
+from chatglm_tui.tui.tree import MessageTree
 
 TITLE_LENGTH = 60
 _PARAM_FIELDS = tuple(field.name for field in dataclasses.fields(SamplingParams))

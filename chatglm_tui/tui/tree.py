@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from chatglm_tui.engine.protocol import Round
 from chatglm_tui.store import Message
 
 
@@ -55,28 +54,3 @@ class MessageTree:
         """The leaf of the newest message's branch: what a reopened conversation shows."""
         return self.newest_leaf(max(self.by_id)) if self.by_id else None
 
-
-def rounds_of(branch: list[Message]) -> tuple[list[Round], list[tuple[int, ...]]]:
-    """The branch as the model's history, and for each round the ids of the messages it was built from.
-
-    A user message without a reply (one after another, or a question whose reply failed or is being written)
-    is a round with an empty reply, as the store's `history()` has it. To build the request for a question,
-    pass the branch before that question.
-    """
-    rounds: list[Round] = []
-    sources: list[tuple[int, ...]] = []
-    pending: Message | None = None
-    for message in branch:
-        if message.role == "user":
-            if pending is not None:
-                rounds.append((pending.text, ""))
-                sources.append((pending.id,))
-            pending = message
-        else:
-            rounds.append((pending.text if pending else "", message.text))
-            sources.append((pending.id, message.id) if pending else (message.id,))
-            pending = None
-    if pending is not None:
-        rounds.append((pending.text, ""))
-        sources.append((pending.id,))
-    return rounds, sources

@@ -19,7 +19,8 @@ from chatglm_tui.tui.clipboard import describe_copy, last_copy_path, save_copy
 from chatglm_tui.tui.code_blocks import CodeBlock, code_blocks
 from chatglm_tui.tui.keys import KNOWN_IDS, binding_rows, unknown_binding_ids
 from chatglm_tui.tui.screens.chat_actions import export_path, find_editor
-from chatglm_tui.tui.tree import MessageTree, rounds_of
+from chatglm_tui.store import rounds_of
+from chatglm_tui.tui.tree import MessageTree
 from chatglm_tui.tui.widgets.budget_meter import bar_cells, describe_dropped
 from chatglm_tui.tui.widgets.sidebar import age
 from chatglm_tui.tui.widgets.status_bar import load_text

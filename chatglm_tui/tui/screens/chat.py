@@ -112,18 +112,13 @@ class ChatScreen(BranchActions):
 
     # ---------------------------------------------------------------- widgets
 
-    @property
-    def conversation(self) -> Conversation:
-        return self.query_one(Conversation)
-
     def entry(self, message: Message) -> Entry:
         return Entry(message, Versions(*self.session.versions(message)))
 
     async def show_branch(self, focus: int | None = None) -> None:
         """Render the branch on screen from the session (after opening, switching version or editing)."""
         await self.conversation.show([self.entry(message) for message in self.session.branch])
-        conversation = self.session.conversation
-        self.query_one("#chat-title", Static).update(conversation.title if conversation else "New chat")
+        self.show_title()
         self.refresh_budget()
         for view in self.conversation.views:
             if focus is not None and view.message is not None and view.message.id == focus:
@@ -234,8 +229,7 @@ class ChatScreen(BranchActions):
             await self.show_branch()
         else:
             await self.conversation.add(MessageView(message))
-            self.query_one("#chat-title", Static).update(self.session.conversation.title
-                                                         if self.session.conversation else "")
+            self.show_title()  # the first message names a new conversation
         await self.start_reply(pending)
         self.refresh_sidebar()
 
@@ -280,13 +274,16 @@ class ChatScreen(BranchActions):
             self.reply_view.refresh_header()
 
     async def on_reply_delta(self, message: ReplyDelta) -> None:
-        if self.is_pending(message.event.request_id):
-            self.streamed += message.event.text
-        if self.is_pending(message.event.request_id) and self.reply_view is not None:
-            if self.reply_view.note:
-                self.reply_view.note = ""
-                self.reply_view.refresh_header()
-            await self.reply_view.append(message.event.text)
+        if not self.is_pending(message.event.request_id):
+            return
+        self.streamed += message.event.text
+        view = self.reply_view
+        if view is None:  # its chat is not on screen
+            return
+        if view.note:
+            view.note = ""
+            view.refresh_header()
+        await view.append(message.event.text)
 
     async def on_reply_finished(self, message: ReplyFinished) -> None:
         if not self.is_pending(message.event.request_id) or self.pending is None:

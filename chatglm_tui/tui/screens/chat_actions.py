@@ -22,6 +22,7 @@ from chatglm_tui.tui.clipboard import copy_with_tool, describe_copy, save_copy
 from chatglm_tui.tui.code_blocks import code_blocks
 from chatglm_tui.tui.screens.conversation_settings import Choice, ConversationSettingsScreen
 from chatglm_tui.tui.screens.modals import ConfirmScreen, PickScreen, TextPromptScreen
+from chatglm_tui.tui.widgets.conversation import Conversation
 from chatglm_tui.tui.widgets.message_view import MessageView
 from chatglm_tui.tui.widgets.prompt_input import PromptInput
 from chatglm_tui.tui.widgets.sidebar import Sidebar
@@ -75,8 +76,13 @@ class ConversationActions(Screen[None]):
         raise NotImplementedError
 
     @property
-    def conversation_views(self) -> list[MessageView]:
-        return list(self.query_one("#conversation").query_children(MessageView))
+    def conversation(self) -> Conversation:
+        return self.query_one(Conversation)
+
+    def show_title(self) -> None:
+        """The conversation's title above the transcript."""
+        conversation = self.session.conversation
+        self.query_one("#chat-title", Static).update(conversation.title if conversation else "New chat")
 
     @property
     def prompt(self) -> PromptInput:
@@ -171,7 +177,7 @@ class ConversationActions(Screen[None]):
             except StoreError as exc:
                 self.store_problem(exc)
                 return
-            self.query_one("#chat-title", Static).update(title)
+            self.show_title()
             self.refresh_sidebar()
 
         self.app.push_screen(TextPromptScreen("Rename conversation", self.session.conversation.title), rename)

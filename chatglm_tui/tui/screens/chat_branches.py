@@ -70,7 +70,7 @@ class BranchActions(ConversationActions):
         banner = self.query_one("#edit-banner", Static)
         banner.update(EDIT_BANNER if message_id is not None else "")
         banner.display = message_id is not None
-        for view in self.conversation_views:
+        for view in self.conversation.views:
             view.set_class(view.message is not None and view.message.id == message_id, "-editing")
         self.refresh_bindings()
         self.refresh_budget()

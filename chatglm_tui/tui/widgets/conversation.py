@@ -1,8 +1,8 @@
 """The transcript: message views in a scroll pinned to the bottom, with older messages mounted on demand.
 
-Only the newest `PAGE` messages are mounted when a conversation opens, so a 500-message chat opens as fast as a
-short one; scrolling to the top (or the "Show earlier" button) mounts the next page above, keeping the view
-where it was.
+Only about a screenful of the newest messages is mounted when a conversation opens, so a 500-message chat opens
+about as fast as a short one; scrolling to the top (or the "Show earlier" button) mounts the next `PAGE` above,
+keeping the view where it was.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from textual.widgets import Button, Static
 from chatglm_tui.store import Message
 from chatglm_tui.tui.widgets.message_view import MessageView, Versions
 
-PAGE = 10  # more than a screenful: opening cost grows with this, not with the length of the chat
+PAGE = 10  # messages mounted at a time when scrolling up: each page costs a pause of this many
 
 EMPTY_STATE = """\
 [b]Ask ChatGLM-6B anything[/b], in Chinese or English.
@@ -34,6 +34,9 @@ class Entry:
     message: Message
     versions: Versions = Versions()
     left_out: bool = False
+
+    def view(self) -> MessageView:
+        return MessageView(self.message, versions=self.versions, left_out=self.left_out)
 
 
 class Conversation(VerticalScroll, can_focus=False):
@@ -55,8 +58,7 @@ class Conversation(VerticalScroll, can_focus=False):
             widgets.append(Static(EMPTY_STATE, id="empty-state"))
         if hidden:
             widgets.append(self._earlier_button(len(hidden)))
-        widgets += [MessageView(entry.message, versions=entry.versions, left_out=entry.left_out)
-                    for entry in visible]
+        widgets += [entry.view() for entry in visible]
         await self.mount_all(widgets)
         self._hidden = hidden
         self.scroll_end(animate=False, immediate=True)
@@ -94,7 +96,7 @@ class Conversation(VerticalScroll, can_focus=False):
             return
         self._loading_earlier = True
         page, self._hidden = self._hidden[-PAGE:], self._hidden[:-PAGE]
-        views = [MessageView(entry.message, versions=entry.versions, left_out=entry.left_out) for entry in page]
+        views = [entry.view() for entry in page]
         height_before, y_before = self.virtual_size.height, self.scroll_y
         button = self.query_one("#show-earlier", Button)
         await self.mount_all(views, after=button)
