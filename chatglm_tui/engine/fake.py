@@ -33,7 +33,8 @@ class FakeEngine:
 
     load() sends `load_stages` in order, `load_delay` seconds apart, then waits for `load_gate` (if given;
     close() releases it too), then ends with LoadProgress("ready", 1, 1), or with LoadFailed(load_error) and
-    ChatGLMError(load_error) raised when `load_error` is set.
+    ChatGLMError(load_error) raised when `load_error` is set. As with the real worker, a request submitted
+    while a load is under way waits for it, and none is answered after a failed load.
     """
 
     def __init__(self, replies: Sequence[str] = ("Hello from the fake engine.",), chunk_size: int = 4,
@@ -48,6 +49,8 @@ class FakeEngine:
         self._cancelled: set[str] = set()
         self._threads: list[threading.Thread] = []
         self._closed = threading.Event()
+        self._load_started, self._load_ended = threading.Event(), threading.Event()
+        self._load_failed = False
 
     @property
     def context_window(self) -> int:
@@ -55,7 +58,16 @@ class FakeEngine:
 
     def load(self, on_event: EventCallback | None = None) -> None:
         """Send the scripted load events (blocking, like the real worker); raise ChatGLMError for `load_error`."""
-        emit = on_event or (lambda event: None)
+        self._load_started.set()
+        try:
+            self._load(on_event or (lambda event: None))
+        except ChatGLMError:
+            self._load_failed = True
+            raise
+        finally:
+            self._load_ended.set()
+
+    def _load(self, emit: EventCallback) -> None:
         for index, stage in enumerate(self.load_stages):
             if index:
                 time.sleep(self.load_delay)
@@ -76,7 +88,18 @@ class FakeEngine:
         self._threads.append(thread)
         thread.start()
 
+    def _loaded(self) -> bool:
+        """Wait for a load under way (the real worker queues requests behind it); False if it failed or closed."""
+        if not self._load_started.is_set():
+            return True
+        while not self._load_ended.wait(0.02):
+            if self._closed.is_set():
+                return False
+        return not self._load_failed
+
     def _reply(self, request: Request, reply: str, on_event: EventCallback) -> None:
+        if not self._loaded():
+            return
         query = request.query if isinstance(request, ChatRequest) else request.document
         on_event(GenerationStarted(request.id, self._count(query)))
         sent = ""

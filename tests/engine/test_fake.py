@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -110,6 +111,34 @@ def test_load_waits_for_the_gate_and_budget_works_meanwhile():
     gate.set()
     loading.join(5)
     assert not loading.is_alive() and events[-1] == LoadProgress("ready", 1, 1)
+
+
+@pytest.mark.parametrize(("load_error", "reply"), [(None, "late"), ("no weights here", None)])
+def test_a_request_sent_during_the_load_waits_for_it(load_error, reply):
+    """As with the real worker: queued behind the load, and never answered after a failed one."""
+    gate = threading.Event()
+    engine = FakeEngine(["late"], load_gate=gate, load_error=load_error)
+
+    def load() -> None:
+        with contextlib.suppress(ChatGLMError):
+            engine.load()
+
+    loading = threading.Thread(target=load)
+    loading.start()
+    deadline = time.monotonic() + 5
+    while not engine._load_started.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    events: list = []
+    engine.submit(ChatRequest("early"), events.append)
+    time.sleep(0.2)
+    assert events == []
+    gate.set()
+    loading.join(5)
+    for thread in engine._threads:
+        thread.join(5)
+    finished = [event for event in events if isinstance(event, GenerationFinished)]
+    assert [event.text for event in finished] == ([reply] if reply else [])
+    engine.close()
 
 
 def test_close_releases_a_gated_load():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 
-import pytest
 from textual.widgets import Button, ProgressBar, Static
 
 from chatglm_tui.engine.fake import FakeEngine
@@ -161,18 +160,9 @@ async def test_while_the_model_loads_progress_shows_and_saved_chats_can_be_brows
         gate.set()
 
 
-class QueuedEngine(FakeEngine):
-    """Like the real worker: requests submitted while the model loads wait in the queue until it is loaded."""
-
-    def _reply(self, request, reply, on_event):
-        while self.load_gate is not None and not self.load_gate.wait(0.02) and not self._closed.is_set():
-            pass
-        super()._reply(request, reply, on_event)
-
-
 async def test_a_question_sent_while_loading_waits_for_the_model(build, store, ui):
     gate = threading.Event()
-    engine = QueuedEngine(["Answered once loaded."], load_stages=[LoadProgress("read", 1, 8)], load_gate=gate)
+    engine = FakeEngine(["Answered once loaded."], load_stages=[LoadProgress("read", 1, 8)], load_gate=gate)
     app = build(engine)
     try:
         async with app.run_test(size=SIZE) as pilot:
@@ -192,7 +182,7 @@ async def test_a_question_sent_while_loading_waits_for_the_model(build, store, u
 
 async def test_leaving_a_chat_whose_question_waits_for_the_model(build, store, ui):
     gate = threading.Event()
-    engine = QueuedEngine(["Late answer."], load_stages=[LoadProgress("read", 1, 8)], load_gate=gate)
+    engine = FakeEngine(["Late answer."], load_stages=[LoadProgress("read", 1, 8)], load_gate=gate)
     app = build(engine)
     screen = app.chat_screen
     try:

@@ -16,8 +16,20 @@ SIZE = (120, 40)
 SLOW = "streaming " * 50  # 100 chunks of 5 characters at 0.4 s: it is still going when the test acts
 
 
-async def _streaming(pilot, ui, screen) -> None:
+def _two_chats(store, ui):
+    """Alpha and Beta, one round each."""
+    alpha, beta = store.create_conversation("Alpha"), store.create_conversation("Beta")
+    ui.add_rounds(store, alpha.id, [("q", "a")])
+    ui.add_rounds(store, beta.id, [("bq", "ba")])
+    return alpha, beta
+
+
+async def _leave_mid_reply(pilot, ui, screen, beta) -> None:
+    """Ask in the chat on screen, wait until the reply streams, then open `beta` (which stops the reply)."""
+    await ui.ready(pilot)
+    await ui.send(pilot, "alpha question", finish=False)
     await ui.wait_for(pilot, lambda: bool(screen.streamed), what="the reply to start streaming")
+    await screen.open_conversation(beta.id)
 
 
 async def test_export_writes_the_branch_on_screen(build, store, ui, monkeypatch, tmp_path):
@@ -39,16 +51,11 @@ async def test_export_writes_the_branch_on_screen(build, store, ui, monkeypatch,
 
 
 async def test_deleting_another_chat_keeps_the_reply_that_was_stopped_by_leaving(build, store, ui):
-    alpha, beta = store.create_conversation("Alpha"), store.create_conversation("Beta")
-    ui.add_rounds(store, alpha.id, [("q", "a")])
-    ui.add_rounds(store, beta.id, [("q", "a")])
+    alpha, beta = _two_chats(store, ui)
     app = build(FakeEngine([SLOW], chunk_size=5, delay=0.4), conversation_id=alpha.id)
     screen = app.chat_screen
     async with app.run_test(size=SIZE) as pilot:
-        await ui.ready(pilot)
-        await ui.send(pilot, "alpha question", finish=False)
-        await _streaming(pilot, ui, screen)
-        await screen.open_conversation(beta.id)
+        await _leave_mid_reply(pilot, ui, screen, beta)
         screen.action_delete()
         await ui.wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("tab", "enter")
@@ -59,31 +66,22 @@ async def test_deleting_another_chat_keeps_the_reply_that_was_stopped_by_leaving
 
 
 async def test_quitting_after_leaving_a_chat_mid_reply_saves_its_partial_reply(build, store, ui):
-    alpha, beta = store.create_conversation("Alpha"), store.create_conversation("Beta")
-    ui.add_rounds(store, alpha.id, [("q", "a")])
+    alpha, beta = _two_chats(store, ui)
     app = build(FakeEngine([SLOW], chunk_size=5, delay=0.4), conversation_id=alpha.id)
     screen = app.chat_screen
     async with app.run_test(size=SIZE) as pilot:
-        await ui.ready(pilot)
-        await ui.send(pilot, "alpha question", finish=False)
-        await _streaming(pilot, ui, screen)
-        await screen.open_conversation(beta.id)
+        await _leave_mid_reply(pilot, ui, screen, beta)
         await pilot.press("ctrl+q")
     last = store.messages(alpha.id)[-1]
     assert (last.role, last.stopped) == ("assistant", True) and SLOW.startswith(last.text) and last.text
 
 
 async def test_coming_back_before_the_stopped_reply_lands_shows_it(build, store, ui):
-    alpha, beta = store.create_conversation("Alpha"), store.create_conversation("Beta")
-    ui.add_rounds(store, alpha.id, [("q", "a")])
-    ui.add_rounds(store, beta.id, [("bq", "ba")])
+    alpha, beta = _two_chats(store, ui)
     app = build(FakeEngine([SLOW], chunk_size=5, delay=0.4), conversation_id=alpha.id)
     screen = app.chat_screen
     async with app.run_test(size=SIZE) as pilot:
-        await ui.ready(pilot)
-        await ui.send(pilot, "alpha question", finish=False)
-        await _streaming(pilot, ui, screen)
-        await screen.open_conversation(beta.id)
+        await _leave_mid_reply(pilot, ui, screen, beta)
         await screen.open_conversation(alpha.id)
         await ui.wait_for(pilot, lambda: screen.pending is None)
         await pilot.pause(0.1)
@@ -92,17 +90,9 @@ async def test_coming_back_before_the_stopped_reply_lands_shows_it(build, store,
         assert shown[-2:] == ["alpha question", store.messages(alpha.id)[-1].text]
 
 
-class QueuedEngine(FakeEngine):
-    """Like the real worker: a request sent while the model loads waits until the load is done."""
-
-    def _reply(self, request, reply, on_event):
-        self.load_gate.wait(10)
-        super()._reply(request, reply, on_event)
-
-
 async def test_escape_takes_back_a_question_waiting_for_the_model(build, store, ui, recorder):
     gate = threading.Event()
-    engine = QueuedEngine(["Answer."], load_stages=[LoadProgress("read", 1, 8)], load_gate=gate)
+    engine = FakeEngine(["Answer."], load_stages=[LoadProgress("read", 1, 8)], load_gate=gate)
     app = build(engine)
     screen = app.chat_screen
     try:
@@ -193,9 +183,7 @@ async def test_prompt_history_respects_wrapped_lines_and_edits(build, ui):
 
 
 async def test_a_conversation_deleted_elsewhere_is_reported_not_fatal(build, store, ui, recorder):
-    alpha, beta = store.create_conversation("Alpha"), store.create_conversation("Beta")
-    ui.add_rounds(store, alpha.id, [("q", "a")])
-    ui.add_rounds(store, beta.id, [("q", "a")])
+    alpha, beta = _two_chats(store, ui)
     app = build(FakeEngine(["ok"]), conversation_id=beta.id)
     screen = app.chat_screen
     async with app.run_test(size=SIZE) as pilot:
