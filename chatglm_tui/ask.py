@@ -1,20 +1,24 @@
 """`chatglm ask`: one question (or a piped document) in, the streamed answer out, the exchange saved.
 
-stdout carries only the answer; progress and notices go to stderr, and only when stderr is a terminal. Ctrl+C
-stops the reply cleanly: the partial reply is printed, saved as stopped, and the exit code is 130.
+stdout carries only the answer, written inertly (see `chatglm_tui.inert`); progress and notices go to stderr, and
+only when stderr is a terminal. Ctrl+C, SIGTERM and SIGHUP (the terminal closed) stop the reply cleanly: the
+partial reply is saved as stopped, and the exit code is 128 + the signal (130 for Ctrl+C). The reply is saved
+whatever happens to stdout: a reader that leaves (`| head`) stops the reply (saved as stopped, exit 141, as
+for SIGPIPE); any other write failure (a full disk, a closed stdout) is reported once the whole reply is saved.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import errno
 import queue
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from chatglm_tui.engine.protocol import (
     ChatRequest,
@@ -31,14 +35,23 @@ from chatglm_tui.engine.protocol import (
     TextDelta,
 )
 from chatglm_tui.errors import ChatGLMError, GenerationError
+from chatglm_tui.inert import StreamingInert, inert, inert_json
 from chatglm_tui.settings import Settings
-from chatglm_tui.terminal import StatusLine, is_terminal, safe_for
+from chatglm_tui.store.titles import title_from
+from chatglm_tui.terminal import EXIT_READER_GONE, StatusLine, discard_output, is_terminal
 
 if TYPE_CHECKING:
     from chatglm_tui.engine.worker import InferenceWorker
     from chatglm_tui.store import Conversation, SessionStore
 
 EXIT_INTERRUPTED = 130
+# Signals that stop a reply the way Ctrl+C does (the partial reply is saved); SIGHUP: the terminal closed.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+_ACCEPTED = (GenerationStarted, PrefillProgress, ChunkProgress, TextDelta)  # the engine took the request
+
+
+class OutputError(ChatGLMError):
+    """stdout could not take the reply (which is saved nonetheless)."""
 
 
 class InputError(ChatGLMError):
@@ -62,9 +75,10 @@ class AskOptions:
     render: bool = False
 
 
-def read_document(stream: TextIO) -> str | None:
-    """The text piped on `stream`, or None for a terminal or empty input; InputError for binary or non-UTF-8."""
-    if is_terminal(stream):
+def read_document(stream: TextIO | None) -> str | None:
+    """The text piped on `stream`, or None for a terminal, a closed stdin or empty input; InputError for binary or
+    non-UTF-8 input."""
+    if stream is None or is_terminal(stream):
         return None
     data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read().encode()
     if b"\x00" in data:
@@ -78,20 +92,15 @@ def read_document(stream: TextIO) -> str | None:
     return text if text.strip() else None
 
 
-def _title(question: str | None, document: str | None) -> str:
-    if question:
-        text = question
-    else:
-        text = "Summary: " + next((line for line in (document or "").splitlines() if line.strip()), "")
-    text = " ".join(text.split())
-    return text if len(text) <= 60 else text[:59] + "…"
-
-
 class _Conversation:
-    """The saved side of one `ask`: which conversation, its history, and saving as messages complete."""
+    """The saved side of one `ask`: which conversation and branch, its history, and saving as messages complete.
+
+    The question hangs under the message whose history the model is given, and the reply under its question, so
+    several `ask -s ID` running at once on one conversation each save their reply under their own question.
+    """
 
     def __init__(self, options: AskOptions, question: str | None, document: str | None) -> None:
-        from chatglm_tui.store import SessionStore, default_store_path
+        from chatglm_tui.store import SessionStore, default_store_path, rounds_of
 
         self.options = options
         needs_store = options.save or options.continue_last or options.session
@@ -103,20 +112,22 @@ class _Conversation:
             self.conversation = self.store.latest()
             if self.conversation is None:
                 raise UsageError("there is no saved conversation to continue: ask without -c first")
-        self.history = (tuple(self.store.history(self.conversation.id))
-                        if self.store is not None and self.conversation else ())
+        branch = self.store.messages(self.conversation.id) if self.store and self.conversation else []
+        self.history = tuple(rounds_of(branch)[0])
+        self.parent_id: int | None = branch[-1].id if branch else None  # the end of the branch answered from
+        self.question_id: int | None = None
         # A continued conversation keeps its instruction unless a new one is given.
         self.instruction = options.settings.instruction or (self.conversation.instruction if self.conversation
                                                             else None)
-        self.title = _title(question, document)
+        self.title = title_from(question) if question else title_from(document or "", prefix="Summary: ")
 
     @property
     def id(self) -> str | None:
         return self.conversation.id if self.conversation else None
 
-    def save(self, role: Literal["user", "assistant"], text: str, **extra: Any) -> None:
-        """Commit one message, creating the conversation with the first one (an aborted start saves nothing)."""
-        if not self.options.save or self.store is None:
+    def save_question(self, text: str) -> None:
+        """Commit the question once the engine has taken it (a question it refuses, e.g. too long, is not saved)."""
+        if self.question_id is not None or not self.options.save or self.store is None:
             return
         if self.conversation is None:
             settings = self.options.settings
@@ -124,7 +135,19 @@ class _Conversation:
                 self.title, model=settings.model,
                 params=dataclasses.asdict(SamplingParams.from_settings(settings)),
                 instruction=self.instruction)
-        self.store.add_message(self.conversation.id, role, text, **extra)
+        self.question_id = self.store.add_message(self.conversation.id, "user", text, parent_id=self.parent_id).id
+
+    def save_reply(self, finished: GenerationFinished) -> None:
+        """Commit the reply (whole, or partial and marked stopped) under its question."""
+        if not self.options.save or self.store is None or self.conversation is None:
+            return
+        stats = finished.stats
+        self.store.add_message(self.conversation.id, "assistant", finished.text, parent_id=self.question_id,
+                               stopped=finished.reason == "stopped", prompt_tokens=stats.prompt_tokens,
+                               new_tokens=stats.new_tokens,
+                               stats={"time_to_first_token_s": stats.time_to_first_token_s,
+                                      "tokens_per_s": stats.tokens_per_s, "total_s": stats.total_s,
+                                      "reason": finished.reason})
 
     def close(self) -> None:
         if self.store is not None:
@@ -165,61 +188,92 @@ class _Progress:
 
 
 class _Printer:
-    """Streams reply text to stdout (sanitized on a terminal) unless the answer is printed at the end."""
+    """Streams reply text to stdout, inertly, unless the answer is printed at the end; remembers a failed write.
 
-    def __init__(self, stdout: TextIO, streaming: bool) -> None:
+    A write that fails (the reader left, a full disk, a closed stdout) never stops the reply from being saved:
+    stdout is pointed at /dev/null so nothing else (not even the interpreter's final flush) fails on it again.
+    """
+
+    def __init__(self, stdout: TextIO | None, streaming: bool) -> None:
         self.stdout, self.streaming, self.text = stdout, streaming, ""
+        self.failure: OSError | None = None if stdout is not None else OSError(errno.EBADF, "stdout is closed")
+        self._inert = StreamingInert()
+
+    @property
+    def reader_gone(self) -> bool:
+        return self.failure is not None and self.failure.errno == errno.EPIPE
 
     def write(self, text: str) -> None:
         self.text += text
         if self.streaming:
-            self.stdout.write(safe_for(self.stdout, text))
-            self.stdout.flush()
+            self.out(self._inert.feed(text))
 
     def end(self) -> None:
         if self.streaming and self.text:
-            self.stdout.write("\n")
+            self.out(self._inert.flush() + "\n")
+
+    def out(self, text: str) -> None:
+        """Write and flush `text` (already inert) unless stdout has failed before."""
+        if self.failure is not None or self.stdout is None:
+            return
+        try:
+            self.stdout.write(text)
             self.stdout.flush()
+        except (OSError, ValueError) as exc:  # ValueError: the stream was closed
+            self.failure = exc if isinstance(exc, OSError) else OSError(errno.EBADF, str(exc))
+            discard_output(self.stdout)
 
 
-class _CtrlC:
-    """While a reply streams, the first Ctrl+C only asks for a stop (so no write is cut in half); a second
-    one interrupts for real."""
+class _StopSignals:
+    """While a reply streams, Ctrl+C, SIGTERM and SIGHUP only ask for a stop (so no write is cut in half and the
+    partial reply is saved); a second one interrupts for real."""
 
     def __init__(self) -> None:
         self.pressed = threading.Event()
-        self.previous: Any = None
+        self.signal: int | None = None
+        self.previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         if self.pressed.is_set():
             raise KeyboardInterrupt
+        self.signal = signum
         self.pressed.set()
 
-    def __enter__(self) -> _CtrlC:
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signal or signal.SIGINT)
+
+    def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handler)
+            for signum in STOP_SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
 
 
 def _wait(engine: InferenceWorker, request: Request, events: queue.Queue[Event], printer: _Printer,
-          status: StatusLine) -> tuple[GenerationFinished | GenerationFailed, bool]:
-    """Consume events until the request ends; Ctrl+C cancels it and keeps waiting for the partial reply."""
+          status: StatusLine, accepted: Callable[[], None]) -> tuple[GenerationFinished | GenerationFailed, int]:
+    """Consume events until the request ends; a stop signal or a reader that left (EPIPE) cancels it and keeps
+    waiting for the partial reply. Returns the last event and the exit code it implies (0 if none)."""
     cancelled, progress = False, _Progress()
-    with _CtrlC() as ctrl_c:
+    with _StopSignals() as stop:
         while True:
-            if ctrl_c.pressed.is_set() and not cancelled:
+            if (stop.pressed.is_set() or printer.reader_gone) and not cancelled:
                 cancelled = True
                 engine.cancel(request.id)
             try:
-                event = _handle(events.get(timeout=0.05), printer, status, progress)
+                event = events.get(timeout=0.05)
             except queue.Empty:
                 continue
-            if event is not None:
-                return event, ctrl_c.pressed.is_set()
+            if isinstance(event, _ACCEPTED):
+                accepted()
+            ended = _handle(event, printer, status, progress)
+            if ended is not None:
+                code = stop.exit_code if stop.pressed.is_set() else EXIT_READER_GONE if printer.reader_gone else 0
+                return ended, code
 
 
 def _handle(event: Event, printer: _Printer, status: StatusLine,
@@ -239,28 +293,40 @@ def _handle(event: Event, printer: _Printer, status: StatusLine,
 
 
 def _report(finished: GenerationFinished, conversation: _Conversation, options: AskOptions,
-            stdout: TextIO) -> None:
+            printer: _Printer) -> None:
+    """The reply at the end, for --json (exact text, escaped) and --render (Markdown, inert)."""
     if options.as_json:
         stats = finished.stats
-        stdout.write(json.dumps({
+        printer.out(inert_json({
             "reply": finished.text, "reason": finished.reason, "session_id": conversation.id,
             "prompt_tokens": stats.prompt_tokens, "new_tokens": stats.new_tokens,
             "time_to_first_token_s": round(stats.time_to_first_token_s, 3),
             "tokens_per_s": round(stats.tokens_per_s, 2), "total_s": round(stats.total_s, 3),
-        }, ensure_ascii=False) + "\n")
+        }) + "\n")
+    elif options.render and printer.stdout is not None and is_terminal(printer.stdout):
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        try:
+            Console(file=printer.stdout).print(Markdown(inert(finished.text)))
+        except OSError as exc:
+            printer.failure = exc
+            discard_output(printer.stdout)
     elif options.render:
-        if is_terminal(stdout):
-            from rich.console import Console
-            from rich.markdown import Markdown
-
-            Console(file=stdout).print(Markdown(safe_for(stdout, finished.text)))
-        else:
-            stdout.write(finished.text + "\n")
+        printer.out(inert(finished.text) + "\n")
 
 
-def run_ask(options: AskOptions, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+def _output_problem(printer: _Printer, conversation: _Conversation) -> OutputError:
+    failure = printer.failure
+    reason = (failure.strerror if failure is not None else None) or str(failure)
+    where = (f"it is saved: `chatglm sessions show {conversation.id}`" if conversation.id
+             else "it was not saved (--no-save)")
+    return OutputError(f"the reply could not be written to stdout ({reason}); {where}")
+
+
+def run_ask(options: AskOptions, stdin: TextIO | None = sys.stdin, stdout: TextIO | None = sys.stdout,
             stderr: TextIO = sys.stderr) -> int:
-    """Answer, print, save; return the exit code (0, or 130 when interrupted)."""
+    """Answer, print, save; return the exit code (0; 128 + N after stop signal N; 141 when stdout's reader left)."""
     document = read_document(stdin)
     question = options.question.strip() if options.question and options.question.strip() else None
     if question is None and document is None:
@@ -274,28 +340,27 @@ def run_ask(options: AskOptions, stdin: TextIO = sys.stdin, stdout: TextIO = sys
         request: Request
         if document is not None:
             request = SummarizeRequest(document, question, params)
-            conversation.save("user", f"{question}\n\n{document}" if question else document)
+            saved_text = f"{question}\n\n{document}" if question else document
         else:
             assert question is not None  # checked above: a question or a document
             request = ChatRequest(question, conversation.history, conversation.instruction, params)
-            conversation.save("user", question)
+            saved_text = question
         events: queue.Queue[Event] = queue.Queue()
         engine.submit(request, events.put)
         printer = _Printer(stdout, streaming=not (options.as_json or options.render))
-        event, interrupted = _wait(engine, request, events, printer, status)
+        event, code = _wait(engine, request, events, printer, status,
+                            accepted=lambda: conversation.save_question(saved_text))
         if isinstance(event, GenerationFailed):
             raise GenerationError(event.message)
+        conversation.save_question(saved_text)  # e.g. stopped while still queued: the question is kept
+        conversation.save_reply(event)
         printer.end()
-        stats = event.stats
-        conversation.save("assistant", event.text, stopped=event.reason == "stopped",
-                          prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
-                          stats={"time_to_first_token_s": stats.time_to_first_token_s,
-                                 "tokens_per_s": stats.tokens_per_s, "total_s": stats.total_s,
-                                 "reason": event.reason})
-        _report(event, conversation, options, stdout)
-        if interrupted and status.enabled:
-            stderr.write("stopped" + (": the partial reply is saved\n" if options.save else "\n"))
-        return EXIT_INTERRUPTED if interrupted else 0
+        _report(event, conversation, options, printer)
+        if printer.failure is not None and code == 0:
+            raise _output_problem(printer, conversation)
+        if code not in (0, EXIT_READER_GONE) and status.enabled:
+            status.notice("stopped" + (": the partial reply is saved" if options.save else ""))
+        return code
     finally:
         if engine is not None:
             engine.close()

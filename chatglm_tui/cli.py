@@ -9,12 +9,14 @@ import json
 import os
 import sys
 import traceback
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
 from chatglm_tui import __version__
 from chatglm_tui.errors import ChatGLMError
+from chatglm_tui.inert import inert_line
+from chatglm_tui.terminal import EXIT_READER_GONE, discard_output, echo
 
 app = typer.Typer(add_completion=False, help="A fast, faithful terminal chat for ChatGLM-6B.",
                   context_settings={"help_option_names": ["-h", "--help"]}, rich_markup_mode=None)
@@ -94,7 +96,7 @@ def ask(
                                temperature=0.0 if greedy else temperature, top_p=top_p, top_k=top_k,
                                max_new_tokens=max_new_tokens, seed=seed, instruction=instruction)
     options = AskOptions(question, settings, continue_last, session, not no_save, as_json, render)
-    raise typer.Exit(run_ask(options))
+    raise typer.Exit(run_ask(options, sys.stdin, sys.stdout, sys.stderr))
 
 
 config_app = typer.Typer(help="Show the effective configuration and where it lives.", no_args_is_help=True)
@@ -106,7 +108,7 @@ def config_show() -> None:
     """Print every setting with its value and where it came from (default, config file, environment)."""
     from chatglm_tui.settings import format_settings, load_settings
 
-    typer.echo(format_settings(*load_settings()))
+    echo(format_settings(*load_settings()))
 
 
 @config_app.command("path")
@@ -114,7 +116,7 @@ def config_path_command() -> None:
     """Print the path of the config file (it need not exist)."""
     from chatglm_tui.settings import config_path
 
-    typer.echo(str(config_path()))
+    echo(str(config_path()))
 
 
 @app.command()
@@ -140,13 +142,13 @@ def bench(
         from chatglm_tui.ui_bench import format_ui_table, run_ui_bench
 
         ui_result = run_ui_bench(model or None)
-        typer.echo(json.dumps(ui_result.summary()) if as_json else format_ui_table(ui_result))
+        echo(json.dumps(ui_result.summary()) if as_json else format_ui_table(ui_result))
         return
     from chatglm_tui.model.bench import format_table, run_bench
 
     result = run_bench(config, quantization, prompt_tokens, new_tokens, threads or None, group_size or None,
                        model or None, device, dtype)
-    typer.echo(result.to_json() if as_json else format_table(result))
+    echo(result.to_json() if as_json else format_table(result))
 
 
 def _register_subcommands() -> None:
@@ -159,6 +161,28 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
+def undecodable_argument(argv: list[str]) -> str | None:
+    """A one-line complaint about the first argument that is not valid UTF-8, or None if all are."""
+    for position, argument in enumerate(argv, start=1):
+        try:
+            argument.encode("utf-8")
+        except UnicodeEncodeError:  # Python keeps undecodable bytes as lone surrogates (surrogateescape)
+            raw = argument.encode("utf-8", "surrogateescape")
+            return (f"argument {position} ({raw!r}) is not valid UTF-8: pass UTF-8 text, e.g. convert it with "
+                    "`iconv -t UTF-8`")
+    return None
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """Say `message` as one inert line on stderr (if stderr can still take it) and exit with `code`."""
+    try:
+        sys.stderr.write(f"chatglm: {inert_line(message)}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # stderr closed or gone: the exit code still tells
+        pass
+    sys.exit(code)
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and a non-zero exit, no traceback.
 
@@ -167,17 +191,26 @@ def main() -> None:
     from chatglm_tui.model.memory import return_large_frees_to_the_os
 
     return_large_frees_to_the_os()
+    problem = undecodable_argument(sys.argv[1:])
+    if problem is not None:
+        _fail(problem, 2)
     try:
         code = app(standalone_mode=False)
-    except typer.TyperException as exc:  # usage errors (bad options): the parser's own message, exit 2
-        exc.show()
-        sys.exit(getattr(exc, "exit_code", 2))
+    except typer.TyperException as exc:  # usage errors (bad options): the parser's message, inert, exit 2
+        _fail(_usage_message(exc), getattr(exc, "exit_code", 2))
     except (typer.Abort, KeyboardInterrupt):
-        typer.echo("chatglm: interrupted", err=True)
-        sys.exit(130)
+        _fail("interrupted", 130)
+    except BrokenPipeError:  # the reader of stdout left (`chatglm sessions list | head`): quietly, as SIGPIPE
+        discard_output(sys.stdout)
+        sys.exit(EXIT_READER_GONE)
     except ChatGLMError as exc:
         if os.environ.get("CHATGLM_DEBUG"):
             traceback.print_exc()
-        typer.echo(f"chatglm: {' '.join(str(exc).split())}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_message(exc: typer.TyperException) -> str:
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    return f"{exc.format_message()}{hint}"

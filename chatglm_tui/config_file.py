@@ -20,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 has no tomllib; tomli is the same parser
     import tomli as tomllib
 
-from chatglm_tui.settings import ConfigError, config_path, toml_str
+from chatglm_tui.settings import ConfigError, config_path, read_config_bytes, toml_str
 
 # A top-level `theme = ...` line, bare or quoted key (TOML allows both).
 _THEME_KEY = re.compile(r"""[ \t]*(?:theme|"theme"|'theme')[ \t]*=""")
@@ -52,12 +52,9 @@ def save_theme_choice(name: str, path: Path | None = None) -> None:
 
 def _read_config_text(path: Path) -> str:
     """The config file's text; empty when there is no file."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+    raw = read_config_bytes(path)  # refuses a FIFO or device unread, so the edit can neither hang nor replace it
+    if raw is None:
         return ""
-    except OSError as exc:
-        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from exc
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -8,7 +8,6 @@ that importing this module stays instant and touches no network or disk.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import re
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chatglm_tui.errors import CheckpointError
+from chatglm_tui.regular_files import read_checkpoint_json  # refuses a named pipe or a device
 
 if TYPE_CHECKING:
     from huggingface_hub.utils.tqdm import tqdm as HfTqdm
@@ -327,14 +327,12 @@ def model_info(path: Path) -> dict[str, object]:
 
 
 def _read_config(directory: Path) -> dict[str, object]:
-    """config.json as a dict, read as plain JSON (the model package, and torch, stay unimported)."""
+    """config.json as a dict, read as plain JSON (torch stays unimported)."""
     file = directory / "config.json"
     try:
-        config = json.loads(file.read_text(encoding="utf-8"))
+        config = read_checkpoint_json(file)
     except FileNotFoundError as exc:
         raise CheckpointError(f"{directory} has no config.json: it is not a ChatGLM checkpoint directory") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{file} is not readable JSON ({exc}); re-download it") from exc
     if not isinstance(config, dict):
         raise CheckpointError(f"{file} is not a JSON object; re-download it")
     return config

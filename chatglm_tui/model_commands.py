@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Optional
 
 import typer
+
+from chatglm_tui.inert import inert_json
+from chatglm_tui.terminal import echo
 
 app = typer.Typer(help="Model checkpoints: download, inspect, locate.", no_args_is_help=True)
 _REF_HELP = "A checkpoint directory or Hub repo id (default: the configured model)."
@@ -27,7 +29,7 @@ def pull(ref: Optional[str] = typer.Argument(None, help=_REF_HELP)) -> None:
     from chatglm_tui.terminal import is_terminal
 
     show_download_progress(is_terminal(sys.stderr))
-    typer.echo(str(pull_model(_ref(ref))))
+    echo(str(pull_model(_ref(ref))))
 
 
 @app.command("path")
@@ -35,7 +37,7 @@ def path(ref: Optional[str] = typer.Argument(None, help=_REF_HELP)) -> None:
     """Print the local directory of a model (without downloading)."""
     from chatglm_tui.hub import resolve_model
 
-    typer.echo(str(resolve_model(_ref(ref))))
+    echo(str(resolve_model(_ref(ref))))
 
 
 @app.command("info")
@@ -46,7 +48,7 @@ def info(ref: Optional[str] = typer.Argument(None, help=_REF_HELP),
 
     details = model_info(resolve_model(_ref(ref)))
     if as_json:
-        typer.echo(json.dumps(details, ensure_ascii=False, indent=2, default=str))
+        echo(inert_json(details, indent=2))
         return
     for key, value in details.items():
-        typer.echo(f"{key}: {value}")
+        echo(f"{key}: {value}")

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import datetime
-import json
-import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from chatglm_tui.terminal import safe_for
+from chatglm_tui.errors import ChatGLMError
+from chatglm_tui.inert import inert_json, inert_line
+from chatglm_tui.terminal import echo
+
+if TYPE_CHECKING:
+    from chatglm_tui.store import SessionStore
 
 app = typer.Typer(help="Saved conversations (shared by `ask` and the chat app).", no_args_is_help=True)
 
 
-def _open():  # noqa: ANN202 (a SessionStore)
+def _open() -> SessionStore:
     from chatglm_tui.store import SessionStore, default_store_path
 
     return SessionStore(default_store_path())
 
 
-def _echo(text: str) -> None:
-    typer.echo(safe_for(sys.stdout, text), nl=not text.endswith("\n"))
+class ExportError(ChatGLMError):
+    """An export could not be written where it was asked to go."""
 
 
 def _when(timestamp: float) -> str:
@@ -36,17 +39,17 @@ def list_sessions(limit: int = typer.Option(20, help="How many, newest first (0:
     with _open() as store:
         conversations = store.list_conversations(limit=limit or None)
     if as_json:
-        typer.echo(json.dumps([c.__dict__ for c in conversations], ensure_ascii=False, indent=2))
+        echo(inert_json([c.__dict__ for c in conversations], indent=2))
         return
     for c in conversations:
-        _echo(f"{c.id}  {_when(c.updated_at)}  {c.title}")
+        echo(f"{c.id}  {_when(c.updated_at)}  {inert_line(c.title)}")
 
 
 @app.command("show")
 def show(session: str = typer.Argument(..., help="Id, unique id prefix or exact title.")) -> None:
     """Print a conversation (its current branch)."""
     with _open() as store:
-        _echo(store.export_markdown(store.resolve(session).id))
+        echo(store.export_markdown(store.resolve(session).id))
 
 
 @app.command("search")
@@ -56,8 +59,8 @@ def search(text: str = typer.Argument(..., help="Words to find in any message.")
     with _open() as store:
         hits = store.search(text, limit=limit)
     for conversation, message in hits:
-        snippet = " ".join(message.text.split())[:100]
-        _echo(f"{conversation.id}  {conversation.title}  [{message.role}] {snippet}")
+        snippet = inert_line(message.text)[:100]
+        echo(f"{conversation.id}  {inert_line(conversation.title)}  [{message.role}] {snippet}")
 
 
 @app.command("export")
@@ -72,11 +75,14 @@ def export(session: str = typer.Argument(..., help="Id, unique id prefix or exac
         if fmt == "md":
             text = store.export_markdown(conversation.id)
         else:
-            text = json.dumps(store.export_json(conversation.id), ensure_ascii=False, indent=2)
+            text = inert_json(store.export_json(conversation.id), indent=2)
     if output is None:
-        _echo(text)
-    else:
+        echo(text)
+        return
+    try:
         output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise ExportError(f"cannot write {output}: {exc.strerror or exc}; choose another file with -o") from exc
 
 
 @app.command("rename")
@@ -93,6 +99,7 @@ def remove(session: str = typer.Argument(..., help="Id, unique id prefix or exac
     """Delete a conversation and its messages."""
     with _open() as store:
         conversation = store.resolve(session)
-        if not yes and not typer.confirm(f"Delete {conversation.id} “{conversation.title}”?", default=False):
+        question = f"Delete {conversation.id} “{inert_line(conversation.title)}”?"
+        if not yes and not typer.confirm(question, default=False):
             raise typer.Exit(1)
         store.delete(conversation.id)

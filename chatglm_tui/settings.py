@@ -11,9 +11,10 @@ import difflib
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,6 +23,7 @@ else:  # pragma: no cover - Python 3.10 has no tomllib; tomli is the same parser
 
 from chatglm_tui import paths
 from chatglm_tui.errors import ChatGLMError
+from chatglm_tui.regular_files import NotAFileError, open_regular_file
 
 QUANTIZATIONS = ("int4", "int8", "none")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -73,17 +75,27 @@ _FLOATS = {"temperature", "top_p", "repetition_penalty"}
 _INTS = {"top_k", "max_new_tokens", "seed"}
 _UNSET: dict[str, tuple[str, ...]] = {"seed": ("", "none"), "instruction": ("",)}
 _CHOICES: dict[str, tuple[str, ...]] = {"quantization": QUANTIZATIONS, "dtype": DTYPES}
+# Upper (and tiny-positive lower) bounds: a value past them is accepted by the sampler's constructor but then fails
+# or degenerates on every reply, so it is refused here, where the user can still fix it.
+MAX_TEMPERATURE = 100.0  # already near-uniform noise; 1e308 samples random tokens, inf breaks the softmax
+MAX_REPETITION_PENALTY = 100.0  # past ~1e37 float32 logits overflow and the NaN guard forces one token forever
+# Logits are divided by the temperature and by the penalty: around 1e-36 they overflow float32 to inf and every
+# reply fails. 1e-6 keeps both together far from that, and a temperature that low is greedy (0) already.
+MIN_DIVISOR = 1e-6
+MAX_TOP_K = 130_528  # ChatGLM-6B's vocabulary: a larger k keeps every token, which is what 0 already says
+MAX_NEW_TOKENS = 2000  # the 2048-token window holds prompt and reply: a longer reply can never fit
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes [-2**63, 2**64); the non-negative part is allowed
 _RULES = {
     "model": "a local checkpoint directory or a Hugging Face repo id (owner/name)",
     "quantization": "one of int4, int8, none",
     "device": "cpu, cuda, cuda:N or mps",
     "dtype": "one of auto, float32, bfloat16, float16",
-    "temperature": "a number >= 0",
+    "temperature": f"a number from 0 to {MAX_TEMPERATURE:g} (0 means greedy; otherwise at least {MIN_DIVISOR:g})",
     "top_p": "a number > 0 and <= 1",
-    "top_k": "an integer >= 0 (0 turns top-k off)",
-    "repetition_penalty": "a number > 0 (1.0 turns it off)",
-    "max_new_tokens": "an integer >= 1",
-    "seed": "an integer >= 0, or unset",
+    "top_k": f"an integer from 0 to {MAX_TOP_K} (0 turns top-k off)",
+    "repetition_penalty": f"a number from {MIN_DIVISOR:g} to {MAX_REPETITION_PENALTY:g} (1.0 turns it off)",
+    "max_new_tokens": f"an integer from 1 to {MAX_NEW_TOKENS} (the 2048-token window also holds the prompt)",
+    "seed": f"an integer from 0 to {MAX_SEED} (2**64 - 1), or unset",
     "instruction": "a string, or unset",
     "theme": "a non-empty theme name",
 }
@@ -149,12 +161,9 @@ def format_settings(settings: Settings, sources: Mapping[str, str]) -> str:
 
 def _read_file(path: Path) -> dict[str, object]:
     """The validated values the config file sets; an empty dict when there is no file."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+    raw = read_config_bytes(path)
+    if raw is None:
         return {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from exc
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -171,6 +180,23 @@ def _read_file(path: Path) -> dict[str, object]:
         else:
             raise ConfigError(_unknown_key_message(key, path))
     return values
+
+
+def read_config_bytes(path: Path) -> bytes | None:
+    """The config file's bytes, or None when there is none; a ConfigError if it cannot be read.
+
+    Anything but a regular file is refused unread: a FIFO would hang the program, a device never ends.
+    """
+    try:
+        with open_regular_file(path) as file:
+            return file.read()
+    except FileNotFoundError:
+        return None
+    except NotAFileError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror}; replace it with a TOML file, "
+                          "or remove it to use the defaults") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from exc
 
 
 def _unknown_key_message(key: str, path: Path) -> str:
@@ -222,21 +248,23 @@ def _parse_number(value: object, kind: type, from_env: bool) -> int | float:
     return value
 
 
+_LIMITS: dict[str, Callable[[Any], bool]] = {
+    "temperature": lambda x: x == 0 or MIN_DIVISOR <= x <= MAX_TEMPERATURE,
+    "top_p": lambda x: 0 < x <= 1,
+    "top_k": lambda x: 0 <= x <= MAX_TOP_K,
+    "repetition_penalty": lambda x: MIN_DIVISOR <= x <= MAX_REPETITION_PENALTY,
+    "max_new_tokens": lambda x: 1 <= x <= MAX_NEW_TOKENS,
+    "seed": lambda x: 0 <= x <= MAX_SEED,
+}
+
+
 def _check_rule(name: str, value: object) -> None:
     """Raise `_Invalid` unless `value` (already of the right type) is in the field's range or choices."""
     if name in _CHOICES and value not in _CHOICES[name]:
         raise _Invalid(value)
     if name == "device" and not _is_device(str(value)):
         raise _Invalid(value)
-    limits = {
-        "temperature": lambda x: x >= 0,
-        "top_p": lambda x: 0 < x <= 1,
-        "top_k": lambda x: x >= 0,
-        "repetition_penalty": lambda x: x > 0,
-        "max_new_tokens": lambda x: x >= 1,
-        "seed": lambda x: x >= 0,
-    }
-    if name in limits and not limits[name](value):
+    if name in _LIMITS and not _LIMITS[name](value):
         raise _Invalid(value)
 
 

@@ -1,26 +1,19 @@
-"""Writing untrusted text to a terminal safely, and progress on stderr.
+"""The command line's output: untrusted text written inertly to any stream, and progress on stderr.
 
-Model output and stored text can carry escape sequences (a piped document can make the model print them):
-on a terminal they could retitle the window, move the cursor, hide text or write to the clipboard. Before
-such text reaches a terminal, escape sequences and control characters other than newline and tab are removed.
+Model output, stored text, checkpoint contents and echoed arguments can carry escape sequences (a piped document
+can make the model print them). Whatever stdout or stderr is (a terminal, or a pipe into `less -R` or `head` that
+ends on one), such text is written through `chatglm_tui.inert`: nothing in it is ever interpreted.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import sys
 from typing import TextIO
 
-# ESC-introduced sequences (CSI ... final byte, OSC/DCS/APC/PM/SOS ... terminator, two-byte escapes), then any
-# remaining C0/C1 control character except \t and \n, and DEL.
-_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_]?)")
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+from chatglm_tui.inert import inert, inert_line
 
-
-def sanitize(text: str) -> str:
-    """`text` without escape sequences or control characters (newline and tab kept)."""
-    return _CONTROLS.sub("", _ESCAPES.sub("", text.replace("\r\n", "\n")))
+EXIT_READER_GONE = 128 + 13  # as for SIGPIPE: the program reading stdout has gone (`| head`)
 
 
 def is_terminal(stream: TextIO) -> bool:
@@ -30,9 +23,30 @@ def is_terminal(stream: TextIO) -> bool:
         return False
 
 
-def safe_for(stream: TextIO, text: str) -> str:
-    """`text` as it may be written to `stream`: sanitized for a terminal, unchanged for a pipe or file."""
-    return sanitize(text) if is_terminal(stream) else text
+def echo(text: str, *, err: bool = False) -> None:
+    """Print untrusted `text` inertly on stdout (or stderr), with a final newline unless it has one.
+
+    When the reader of the stream has gone (`chatglm sessions list | head`), the command ends at once, quietly,
+    with the exit code of SIGPIPE, as Unix filters do.
+    """
+    stream = sys.stderr if err else sys.stdout
+    shown = inert(text)
+    try:
+        stream.write(shown if shown.endswith("\n") else shown + "\n")
+        stream.flush()
+    except BrokenPipeError:
+        discard_output(stream)
+        sys.exit(EXIT_READER_GONE)
+
+
+def discard_output(stream: TextIO) -> None:
+    """Point `stream`'s file descriptor at /dev/null, so nothing (not the interpreter's last flush) fails on it."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (tests): nothing will flush it later
+        pass
 
 
 def colour_enabled(stream: TextIO = sys.stderr) -> bool:
@@ -50,12 +64,23 @@ class StatusLine:
 
     def show(self, text: str) -> None:
         if self.enabled:
-            self.stream.write("\r\x1b[2K" + sanitize(text))
-            self.stream.flush()
+            self._write("\r\x1b[2K" + inert_line(text))
             self.shown = True
 
     def clear(self) -> None:
         if self.enabled and self.shown:
-            self.stream.write("\r\x1b[2K")
-            self.stream.flush()
+            self._write("\r\x1b[2K")
             self.shown = False
+
+    def notice(self, text: str) -> None:
+        """A line that stays (e.g. "stopped: the partial reply is saved"), after clearing the progress."""
+        if self.enabled:
+            self.clear()
+            self._write(inert_line(text) + "\n")
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except OSError:  # the terminal went away (hang-up): progress is not worth failing for
+            self.enabled = False

@@ -152,14 +152,14 @@ def test_non_utf8_file(tmp_path):
     ("line", "expected"),
     [
         ('temperature = "hot"', 'invalid temperature = "hot"'),
-        ("temperature = -0.1", "expected a number >= 0"),
+        ("temperature = -0.1", "expected a number from 0 to 100"),
         ("top_p = 0", "invalid top_p = 0"),
         ("top_p = 1.5", "expected a number > 0 and <= 1"),
-        ("top_k = -1", "expected an integer >= 0"),
+        ("top_k = -1", "expected an integer from 0 to 130528"),
         ("top_k = 2.5", "invalid top_k = 2.5"),
-        ("max_new_tokens = 0", "expected an integer >= 1"),
+        ("max_new_tokens = 0", "expected an integer from 1 to 2000"),
         ("max_new_tokens = true", "invalid max_new_tokens = true"),
-        ("repetition_penalty = 0", "expected a number > 0"),
+        ("repetition_penalty = 0", "expected a number from 1e-06 to 100"),
         ("seed = -1", "invalid seed = -1"),
         ('quantization = "int3"', "expected one of int4, int8, none"),
         ('dtype = "fp16"', "expected one of auto, float32, bfloat16, float16"),
@@ -183,7 +183,7 @@ def test_bad_values_in_file(tmp_path, line, expected):
         ("CHATGLM_TEMPERATURE", "hot", "invalid temperature = 'hot' in environment variable CHATGLM_TEMPERATURE"),
         ("CHATGLM_TOP_P", "2", "expected a number > 0 and <= 1"),
         ("CHATGLM_TOP_K", "1.5", "invalid top_k = '1.5'"),
-        ("CHATGLM_SEED", "abc", "expected an integer >= 0, or unset"),
+        ("CHATGLM_SEED", "abc", "expected an integer from 0 to 18446744073709551615 (2**64 - 1), or unset"),
         ("CHATGLM_QUANTIZATION", "int2", "expected one of int4, int8, none"),
         ("CHATGLM_MODEL", "", "invalid model = ''"),
     ],
@@ -274,3 +274,110 @@ def test_settings_module_imports_no_heavy_packages():
                                 check=True).stdout.split())
     heavy = {"torch", "textual", "huggingface_hub", "chatglm_tui.model"}
     assert not loaded & heavy
+
+
+# (field, a value that used to be accepted or is just past a bound, the allowed range the message must state)
+OUT_OF_RANGE = [
+    ("temperature", 1e308, "a number from 0 to 100 (0 means greedy; otherwise at least 1e-06)"),
+    ("temperature", float("inf"), "a number from 0 to 100"),
+    ("temperature", float("nan"), "a number from 0 to 100"),
+    ("temperature", 100.5, "a number from 0 to 100"),
+    ("temperature", 1e-300, "otherwise at least 1e-06"),
+    ("top_p", float("nan"), "a number > 0 and <= 1"),
+    ("repetition_penalty", 1e308, "a number from 1e-06 to 100 (1.0 turns it off)"),
+    ("repetition_penalty", float("inf"), "a number from 1e-06 to 100"),
+    ("repetition_penalty", float("nan"), "a number from 1e-06 to 100"),
+    ("repetition_penalty", 1e-300, "a number from 1e-06 to 100"),
+    ("seed", 2**64, "an integer from 0 to 18446744073709551615 (2**64 - 1), or unset"),
+    ("seed", -1, "an integer from 0 to 18446744073709551615"),
+    ("max_new_tokens", 10**12, "an integer from 1 to 2000 (the 2048-token window also holds the prompt)"),
+    ("max_new_tokens", 2001, "an integer from 1 to 2000"),
+    ("max_new_tokens", -5, "an integer from 1 to 2000"),
+    ("top_k", -1, "an integer from 0 to 130528 (0 turns top-k off)"),
+    ("top_k", 130_529, "an integer from 0 to 130528"),
+    ("top_k", 10**30, "an integer from 0 to 130528"),
+]
+AT_THE_BOUNDS = [("temperature", 0.0), ("temperature", 1e-6), ("temperature", 100.0), ("repetition_penalty", 1e-6),
+                 ("repetition_penalty", 100.0), ("seed", 0), ("seed", 2**64 - 1), ("max_new_tokens", 1),
+                 ("max_new_tokens", 2000), ("top_k", 0), ("top_k", 130_528)]
+
+
+@pytest.mark.parametrize(("name", "value", "allowed"), OUT_OF_RANGE)
+def test_out_of_range_values_are_refused_on_every_path(tmp_path, name, value, allowed):
+    expected = f"invalid {name} = {value!r}"
+    with pytest.raises(ConfigError) as raised:
+        apply_overrides(Settings(), **{name: value})  # the CLI's --temperature etc. and the TUI's settings form
+    message = str(raised.value)
+    assert message.startswith(f"{expected}: expected ") and allowed in message and "\n" not in message
+    in_file = _error(_write(tmp_path, f"{name} = {value!r}\n"))
+    assert in_file.startswith(f"{expected} in {tmp_path / 'config.toml'}: expected ") and allowed in in_file
+    var = f"CHATGLM_{name.upper()}"
+    in_env = _error(tmp_path / "missing.toml", {var: repr(value)})
+    assert in_env.startswith(f"invalid {name} = {repr(value)!r} in environment variable {var}: expected ")
+    assert allowed in in_env
+
+
+@pytest.mark.parametrize(("name", "value"), AT_THE_BOUNDS)
+def test_values_at_the_bounds_are_accepted(tmp_path, name, value):
+    assert getattr(apply_overrides(Settings(), **{name: value}), name) == value
+    assert getattr(load_settings(_write(tmp_path, f"{name} = {value!r}\n"), {})[0], name) == value
+    env = {f"CHATGLM_{name.upper()}": repr(value)}
+    assert getattr(load_settings(tmp_path / "missing.toml", env)[0], name) == value
+
+
+def test_the_bounds_are_what_the_sampler_really_takes():
+    torch = pytest.importorskip("torch")
+    from chatglm_tui.model.sampling import GenerationParams, TokenSampler
+    from chatglm_tui.settings import MAX_REPETITION_PENALTY, MAX_SEED, MAX_TEMPERATURE, MAX_TOP_K, MIN_DIVISOR
+
+    logits = torch.randn(1, 1000, generator=torch.Generator().manual_seed(0)) * 30  # (1, V) real-model sized
+    ids = torch.arange(0, 1000, 7).unsqueeze(0)  # (1, T): many tokens get the repetition penalty
+    for temperature, penalty in [(MIN_DIVISOR, MIN_DIVISOR), (MIN_DIVISOR, MAX_REPETITION_PENALTY),
+                                 (MAX_TEMPERATURE, MIN_DIVISOR), (MAX_TEMPERATURE, MAX_REPETITION_PENALTY)]:
+        sampler = TokenSampler(GenerationParams(temperature=temperature, repetition_penalty=penalty,
+                                                top_k=MAX_TOP_K, top_p=1.0, seed=MAX_SEED), 1000)
+        scores = sampler.warpers[0](ids, sampler.processors[0](ids, logits.clone()))  # penalty, then temperature
+        assert bool(torch.isfinite(scores).all())  # so the NaN/Inf guard never replaces the reply with "▁"s
+        assert 0 <= sampler(ids, logits) < 1000
+    with pytest.raises((ValueError, RuntimeError)):  # just past the seed bound, every reply would fail
+        TokenSampler(GenerationParams(seed=MAX_SEED + 1), 1000)
+    with pytest.raises(RuntimeError, match="probability tensor"):  # a tiny temperature overflows to inf
+        TokenSampler(GenerationParams(temperature=1e-300, top_p=1.0), 1000)(ids, logits)
+    huge_penalty = TokenSampler(GenerationParams(repetition_penalty=1e308), 1000)
+    assert not bool(torch.isfinite(huge_penalty.processors[0](ids, logits.clone())).all())
+    assert {huge_penalty(ids, logits) for _ in range(5)} == {5}  # so the guard forces token 5 every time
+
+
+@pytest.mark.parametrize("kind", ["fifo", "character device"])
+def test_a_config_path_that_is_not_a_file_is_refused_without_hanging(tmp_path, monkeypatch, kind):
+    import os
+    import threading
+
+    monkeypatch.setenv("CHATGLM_HOME", str(tmp_path))
+    path = config_path()
+    path.parent.mkdir(parents=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/null")  # harmless to read by mistake, unlike /dev/zero, which never ends
+    outcome: list[BaseException | None] = []
+    thread = threading.Thread(target=lambda: outcome.append(_raised(load_settings)), daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # give the stuck reader its EOF, then fail
+        thread.join(10)
+        pytest.fail("load_settings blocked on a FIFO config file")
+    error = outcome[0]
+    assert isinstance(error, ConfigError)
+    shown = "a FIFO (named pipe)" if kind == "fifo" else "a character device"
+    assert str(error) == (f"cannot read the config file {path}: it is {shown}, not a file; "
+                          "replace it with a TOML file, or remove it to use the defaults")
+
+
+def _raised(call) -> BaseException | None:
+    try:
+        call()
+    except BaseException as error:  # noqa: BLE001 (handed to the test)
+        return error
+    return None

@@ -1,7 +1,9 @@
 """Long documents: split into token-measured chunks that fit the window, summarize each, combine.
 
 Pure planning and prompt text; the model calls go through a `generate(prompt, max_new_tokens, final)` callable
-supplied by the worker, so every call here is checked to fit the window before it is made.
+supplied by the worker, so every call here is checked to fit the window before it is made. Planning tokenizes
+each part of the document a bounded number of times (so a long single-line document plans in linear time) and
+calls a cancellation check between steps.
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ PROMPTS = {
 }
 
 Generate = Callable[[str, int, bool], str]  # (prompt, max_new_tokens, is_final) -> reply
+CheckCancelled = Callable[[], None]  # called often while planning; raises (the worker's stop) to abandon it
+Piece = tuple[str, int]  # a piece of the document and its token count
+
+_SEPARATOR = "\n\n"  # what joins the pieces of one chunk
+_SEAM_SLACK = 32  # tokens by which a piece's own count may exceed what it adds after a separator (seen: 1)
+
+
+def _keep_going() -> None:
+    """The default cancellation check: planning is never cancelled."""
 
 
 def language_of(text: str) -> str:
@@ -51,47 +62,148 @@ def language_of(text: str) -> str:
     return "zh" if letters and len(_CJK.findall(sample)) * 5 >= letters else "en"
 
 
-def _pieces(text: str, tokenizer: ChatGLMTokenizer, limit: int) -> list[str]:
+def _next_probe(start: int, lo: int, lo_tokens: int, hi: int, hi_tokens: int | None, target: int,
+                bisect: bool) -> int:
+    """Where to cut next when searching for `target` tokens between `lo` (fits) and `hi` (does not)."""
+    if hi_tokens is None:  # no cut too long yet: extrapolate from lo, at most doubling its length
+        return start + min(2 * (lo - start), (lo - start) * target // max(lo_tokens, 1) + 1)
+    if bisect:  # every other step, so that a badly skewed interpolation cannot stall the search
+        return (lo + hi) // 2
+    return lo + (hi - lo) * (target - lo_tokens) // max(hi_tokens - lo_tokens, 1)
+
+
+def _fitting_end(text: str, start: int, tokenizer: ChatGLMTokenizer, limit: int, density: float,
+                 check_cancelled: CheckCancelled) -> tuple[int, int]:
+    """The end of a full slice `text[start:end]` of at most `limit` tokens (within a few of it), and its count.
+
+    The first cut is placed by `density` (characters per token); the search then interpolates, bisecting every
+    other step. Only text within about twice the slice's length of `start` is ever tokenized, so cutting a text
+    into slices costs time linear in its length (counting the whole remainder for every slice was quadratic).
+    """
+    full = limit - max(2, limit // 64)  # a slice this full is full enough: stop searching
+    target = (full + limit + 1) // 2
+    lo, lo_tokens, hi, hi_tokens = start, 0, len(text) + 1, None  # text[start:lo] fits; text[start:hi] does not
+    probe, step = start + int(density * target), 0
+    while hi - lo > 1:
+        check_cancelled()
+        probe = max(lo + 1, min(probe, hi - 1, len(text)))
+        tokens = tokenizer.count(text[start:probe], parse_special=False)
+        if tokens > limit:
+            hi, hi_tokens = probe, tokens
+        elif probe == len(text) or tokens >= full:
+            return probe, tokens
+        else:
+            lo, lo_tokens = probe, tokens
+        probe, step = _next_probe(start, lo, lo_tokens, hi, hi_tokens, target, bisect=step % 2 == 1), step + 1
+    if lo == start:  # not even one character fits (a tiny limit): take one anyway, as ever, to make progress
+        lo, lo_tokens = start + 1, tokenizer.count(text[start:start + 1], parse_special=False)
+    return lo, lo_tokens
+
+
+def _slices(sentence: str, tokens: int, tokenizer: ChatGLMTokenizer, limit: int,
+            check_cancelled: CheckCancelled) -> list[Piece]:
+    """Consecutive character slices of a sentence of `tokens` (> `limit`) tokens, each nearly `limit` tokens."""
+    slices: list[Piece] = []
+    start, density = 0, len(sentence) / tokens
+    while start < len(sentence):
+        end, count = _fitting_end(sentence, start, tokenizer, limit, density, check_cancelled)
+        slices.append((sentence[start:end], count))
+        density = (end - start) / max(count, 1)  # the next slice is most likely about as dense as this one
+        start = end
+    return slices
+
+
+def _pieces(text: str, tokenizer: ChatGLMTokenizer, limit: int, check_cancelled: CheckCancelled) -> list[Piece]:
     """Paragraphs; a paragraph over `limit` tokens becomes sentences; a sentence over it, character slices."""
-    pieces: list[str] = []
+    pieces: list[Piece] = []
     for paragraph in (p.strip() for p in _PARAGRAPHS.split(text)):
+        check_cancelled()
         if not paragraph:
             continue
-        if tokenizer.count(paragraph, parse_special=False) <= limit:
-            pieces.append(paragraph)
+        whole = tokenizer.count(paragraph, parse_special=False)
+        if whole <= limit:
+            pieces.append((paragraph, whole))
             continue
         for sentence in (s for s in _SENTENCE_END.split(paragraph) if s.strip()):
-            while tokenizer.count(sentence, parse_special=False) > limit:
-                cut = max(1, len(sentence) * limit // tokenizer.count(sentence, parse_special=False) - 1)
-                while cut > 1 and tokenizer.count(sentence[:cut], parse_special=False) > limit:
-                    cut = cut * 3 // 4
-                pieces.append(sentence[:cut])
-                sentence = sentence[cut:]
-            pieces.append(sentence)
+            check_cancelled()
+            # A paragraph without sentence ends is one sentence, already counted.
+            tokens = whole if sentence == paragraph else tokenizer.count(sentence, parse_special=False)
+            pieces.extend(_slices(sentence, tokens, tokenizer, limit, check_cancelled) if tokens > limit
+                          else [(sentence, tokens)])
     return pieces
 
 
-def split_text(text: str, tokenizer: ChatGLMTokenizer, limit: int) -> list[str]:
-    """Consecutive chunks of `text`, each at most `limit` tokens, cut at paragraph, else sentence, boundaries."""
+def _exact_end(pieces: list[Piece], start: int, tokenizer: ChatGLMTokenizer, limit: int,
+               check_cancelled: CheckCancelled) -> int:
+    """The end of the chunk from pieces[start], counting every candidate: the slow path, kept as a fallback."""
+    current, end = pieces[start][0], start + 1
+    while end < len(pieces):
+        check_cancelled()
+        candidate = f"{current}{_SEPARATOR}{pieces[end][0]}"
+        if tokenizer.count(candidate, parse_special=False) > limit:
+            break
+        current, end = candidate, end + 1
+    return end
+
+
+def _estimated_end(pieces: list[Piece], start: int, tokenizer: ChatGLMTokenizer, limit: int,
+                   check_cancelled: CheckCancelled) -> int:
+    """The end of the chunk from pieces[start], adding up what each further piece adds after a separator.
+
+    The separator's newlines are single tokens that never merge with their neighbours, so the count of a chunk is
+    (all but always: _chunks checks) the sum of its parts, and each piece is tokenized once instead of the growing
+    chunk once per piece (which made a single-line document of short sentences slow).
+    """
+    dot = tokenizer.count(".", parse_special=False)
+    tokens, end = pieces[start][1], start + 1
+    while end < len(pieces):
+        check_cancelled()
+        piece, own = pieces[end]
+        if tokens + own > limit + _SEAM_SLACK:  # far over whatever the seam saves: no need to count it
+            break
+        tokens += tokenizer.count(f".{_SEPARATOR}{piece}", parse_special=False) - dot
+        if tokens > limit:
+            break
+        end += 1
+    return end
+
+
+def _chunks(pieces: list[Piece], tokenizer: ChatGLMTokenizer, limit: int,
+            check_cancelled: CheckCancelled) -> list[str]:
+    """Consecutive pieces joined into chunks of at most `limit` tokens; each chunk is counted once, to be sure."""
     chunks: list[str] = []
-    current = ""
-    for piece in _pieces(text, tokenizer, limit):
-        candidate = f"{current}\n\n{piece}" if current else piece
-        if current and tokenizer.count(candidate, parse_special=False) > limit:
-            chunks.append(current)
-            candidate = piece
-        current = candidate
-    if current:
-        chunks.append(current)
+    start = 0
+    while start < len(pieces):
+        end = _estimated_end(pieces, start, tokenizer, limit, check_cancelled)
+        chunk = _SEPARATOR.join(piece for piece, _ in pieces[start:end])
+        if end - start > 1 and tokenizer.count(chunk, parse_special=False) > limit:
+            # A seam merged differently than the sum assumed (a slice ending in a space does): count exactly.
+            end = _exact_end(pieces, start, tokenizer, limit, check_cancelled)
+            chunk = _SEPARATOR.join(piece for piece, _ in pieces[start:end])
+        chunks.append(chunk)
+        start = end
     return chunks
+
+
+def split_text(text: str, tokenizer: ChatGLMTokenizer, limit: int,
+               check_cancelled: CheckCancelled = _keep_going) -> list[str]:
+    """Consecutive chunks of `text`, each at most `limit` tokens, cut at paragraph, else sentence, boundaries.
+
+    A sentence longer than `limit` is cut between characters. Whitespace around paragraphs and after sentence
+    ends is dropped; the pieces of a chunk are joined by a blank line. Time is linear in the length of `text`;
+    `check_cancelled` is called between small steps and may raise to abandon the work.
+    """
+    return _chunks(_pieces(text, tokenizer, limit, check_cancelled), tokenizer, limit, check_cancelled)
 
 
 class Summarizer:
     """Map-reduce summarization in which every model call fits the context window."""
 
     def __init__(self, tokenizer: ChatGLMTokenizer, window: int, generate: Generate,
-                 on_progress: Callable[[int, int], None] = lambda done, total: None) -> None:
+                 on_progress: Callable[[int, int], None] = lambda done, total: None,
+                 check_cancelled: CheckCancelled = _keep_going) -> None:
         self.tokenizer, self.window, self.generate, self.on_progress = tokenizer, window, generate, on_progress
+        self.check_cancelled = check_cancelled  # planning a long document takes a while: let a cancel stop it
         self.calls_done = 0
         self.calls_planned = 1
 
@@ -122,7 +234,7 @@ class Summarizer:
         room = self._room("chunk", question, language, partial_tokens)
         if room < 64:
             raise ContextOverflowError("the question is too long to leave room for the document: shorten it")
-        chunks = split_text(document, self.tokenizer, room)
+        chunks = split_text(document, self.tokenizer, room, self.check_cancelled)
         self.calls_planned = len(chunks) + 1
         notes = [self._call(self._prompt("chunk", chunk, question, language), partial_tokens, final=False)
                  for chunk in chunks]
@@ -136,7 +248,8 @@ class Summarizer:
             if self.tokenizer.count(final, parse_special=False) + reply_tokens <= self.window:
                 return self._call(final, reply_tokens, final=True)
             # Still too long: combine the notes in groups that fit, then try again with fewer, shorter notes.
-            groups = split_text(joined, self.tokenizer, self._room("combine", question, language, partial_tokens))
+            groups = split_text(joined, self.tokenizer, self._room("combine", question, language, partial_tokens),
+                                self.check_cancelled)
             if len(groups) >= len(notes):  # cannot happen while a note is far shorter than the room
                 raise ContextOverflowError("the partial summaries do not shrink: lower max_new_tokens")
             self.calls_planned += len(groups)

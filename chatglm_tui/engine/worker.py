@@ -223,7 +223,8 @@ class InferenceWorker(threading.Thread):
             return text
 
         summarizer = Summarizer(self._model.tokenizer, self.context_window, generate,
-                                lambda done, total: on_event(ChunkProgress(request.id, done, total)))
+                                lambda done, total: on_event(ChunkProgress(request.id, done, total)),
+                                check_cancelled=lambda: self._check(request.id))  # planning stops on cancel too
         try:
             summarizer.run(request.document, request.question, request.params.max_new_tokens)
         except _Stopped:

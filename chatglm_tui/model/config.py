@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chatglm_tui.errors import CheckpointError
+from chatglm_tui.regular_files import read_checkpoint_json
 
 # The released configs carry keys we do not use (auto_map, architectures, transformers_version, ...): they are
 # ignored, never executed. `auto_map` in particular names remote code, which we never import.
 _REQUIRED = ("hidden_size", "num_layers", "num_attention_heads", "vocab_size")
 _OLD_VOCAB = 150528  # pre-2023-04-06 layout: 20000 image tokens in front of the text vocabulary
+# Upper bounds on the sizes, far above ChatGLM-6B's (4096, 28, 32, 16384, 130528, 2048; GLM-130B, the largest
+# GLM, has 12288 / 70 / 96) so that no real v1 checkpoint is refused, yet low enough that nothing a bad value
+# makes us build first can blow up: 256 layers are built (on the meta device) in well under a second, where
+# num_layers=10000 took 24 s and 850 MB before failing; 32768 tokens bound the KV cache a reply sizes from
+# max_sequence_length; the product of all of them stays meta-device shapes, never memory, until a weight
+# of that size is actually read.
+_MAX_SIZES = {"hidden_size": 32768, "num_layers": 256, "num_attention_heads": 1024, "inner_hidden_size": 131072,
+              "vocab_size": 1 << 20, "max_sequence_length": 32768}
+# The special ids are fixed by the tokenizer (ice_text.model, whose ids ChatGLMTokenizer checks); a config that
+# moves them would fail every reply (no <sop> or [gMASK] found in the prompt), so they must be the released ones.
+_FIXED_IDS = ("bos_token_id", "eos_token_id", "mask_token_id", "gmask_token_id")
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float (JSON allows any number of digits)
+        return False
 
 
 @dataclass(frozen=True)
@@ -60,30 +78,65 @@ class ChatGLMConfig:
                                   f"int{requested}: ask for int{stored} (or none), or use the fp16 checkpoint")
         return stored or requested
 
-    def validate(self) -> None:
-        """Raise CheckpointError when the sizes are inconsistent or the layout is not ChatGLM-6B v1."""
+    def validate(self, source: str = "config.json") -> None:
+        """Raise CheckpointError when a value has the wrong type, is out of range, the sizes are inconsistent
+        or the layout is not ChatGLM-6B v1: at load, before anything is built from them."""
+        self._check_types(source)
         if self.vocab_size == _OLD_VOCAB or self.bos_token_id == 150004:
             raise CheckpointError(
                 "this checkpoint uses the pre-2023-04 150528-token vocabulary, which is not supported: "
                 "download the current THUDM/chatglm-6b (v1.1) or THUDM/chatglm-6b-int4"
             )
-        for name in ("hidden_size", "num_layers", "num_attention_heads", "vocab_size", "inner_hidden_size"):
-            if getattr(self, name) <= 0:
-                raise CheckpointError(f"config.json: {name} must be positive, got {getattr(self, name)}")
+        self._check_ranges(source)
         if self.hidden_size % self.num_attention_heads or self.head_dim % 4:
             raise CheckpointError(
-                f"config.json: hidden_size {self.hidden_size} does not split into {self.num_attention_heads} "
+                f"{source}: hidden_size {self.hidden_size} does not split into {self.num_attention_heads} "
                 "heads with a head size divisible by 4 (needed by the 2-D rotary embedding)"
             )
         if not self.position_encoding_2d:
-            raise CheckpointError("config.json: position_encoding_2d=false is not a ChatGLM-6B checkpoint")
+            raise CheckpointError(f"{source}: position_encoding_2d=false is not a ChatGLM-6B checkpoint")
         if self.quantization_bit not in (0, 4, 8):
-            raise CheckpointError(f"config.json: quantization_bit must be 0, 4 or 8, got {self.quantization_bit}")
+            raise CheckpointError(f"{source}: quantization_bit must be 0, 4 or 8, got {self.quantization_bit}")
         if self.extra.get("pre_seq_len"):
             raise CheckpointError(
-                "config.json: P-tuning v2 checkpoints (pre_seq_len) are not supported; "
+                f"{source}: P-tuning v2 checkpoints (pre_seq_len) are not supported; "
                 "load the base model directory instead"
             )
+
+    def _check_types(self, source: str) -> None:
+        # The annotations name the JSON type each key must have (bool is an int in Python: refused for ints).
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int":
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif f.type == "float":  # a JSON number; NaN and Infinity (which json.loads accepts) are refused
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
+            elif f.type in ("bool", "str"):
+                ok = isinstance(value, bool if f.type == "bool" else str)
+            else:
+                continue
+            if not ok:
+                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+                kind = {"int": "an integer", "float": "a finite number"}.get(f.type, f"a JSON {f.type}")
+                raise CheckpointError(f"{source}: {f.name} must be {kind}, got {shown}: fix or re-download it")
+
+    def _check_ranges(self, source: str) -> None:
+        for name, limit in _MAX_SIZES.items():
+            value = getattr(self, name)
+            if not 0 < value <= limit:
+                raise CheckpointError(f"{source}: {name} must be between 1 and {limit} (ChatGLM-6B has "
+                                      f"{getattr(PRESETS['6b'], name)}), got {value}: fix or re-download it")
+        if not self.layernorm_epsilon > 0:
+            raise CheckpointError(f"{source}: layernorm_epsilon must be positive (ChatGLM-6B has 1e-05), "
+                                  f"got {self.layernorm_epsilon}: fix or re-download it")
+        for name in _FIXED_IDS:
+            released = getattr(PRESETS["6b"], name)
+            if getattr(self, name) != released:
+                raise CheckpointError(f"{source}: {name} is {getattr(self, name)}, but the ChatGLM-6B tokenizer "
+                                      f"has it at {released}: fix or re-download it")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise CheckpointError(f"{source}: pad_token_id {self.pad_token_id} is not a token id (0 to "
+                                  f"{self.vocab_size - 1}): fix or re-download it")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config.json") -> ChatGLMConfig:
@@ -94,30 +147,26 @@ class ChatGLMConfig:
                 f"{source}: model_type is {model_type!r}, not 'chatglm': this is not a ChatGLM-6B (v1) checkpoint "
                 "(ChatGLM2/3 and GLM-4 are different architectures)"
             )
-        missing = [k for k in _REQUIRED if k not in data]
+        missing = [k for k in _REQUIRED if data.get(k) is None]
         if missing:
             raise CheckpointError(f"{source}: missing required keys {', '.join(missing)}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in data.items() if k in names and v is not None}
-        if "inner_hidden_size" not in known:
-            known["inner_hidden_size"] = 4 * int(known["hidden_size"])
+        hidden = known["hidden_size"]
+        if "inner_hidden_size" not in known and isinstance(hidden, int) and not isinstance(hidden, bool):
+            known["inner_hidden_size"] = 4 * hidden  # a hidden_size of the wrong type is refused by validate
         extra = {k: v for k, v in data.items() if k not in names}
-        try:
-            config = cls(**known, extra=extra)
-        except TypeError as exc:  # a value of the wrong kind
-            raise CheckpointError(f"{source}: {exc}") from exc
-        config.validate()
+        config = cls(**known, extra=extra)  # the dataclass checks nothing: validate does, before any use
+        config.validate(source)
         return config
 
     @classmethod
     def from_file(cls, path: Path) -> ChatGLMConfig:
         """Read and validate a config.json file."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_checkpoint_json(path)  # refuses a named pipe or device, which would hang or never end
         except FileNotFoundError:
             raise CheckpointError(f"{path} is missing: a ChatGLM-6B checkpoint directory needs its config.json")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path} is not readable JSON ({exc}); re-download the checkpoint") from exc
         if not isinstance(data, dict):
             raise CheckpointError(f"{path} does not hold a JSON object; re-download the checkpoint")
         return cls.from_dict(data, source=str(path))

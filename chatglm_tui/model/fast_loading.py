@@ -235,33 +235,45 @@ def _fast_tensors(directory: Path, model: ChatGLMForCausalLM, scheme: QuantSchem
                   progress: Progress | None) -> dict[str, Tensor]:
     files = find_weight_files(directory) + [directory / "config.json"]
     key = source_key(files, {"scheme": scheme.tag, "kernel_layout": kernels.LAYOUT_TAG})
-    target = cache_file(directory, scheme)
+    target, specs = cache_file(directory, scheme), state_specs(model)
+    metadata = {"source_key": key, "scheme": scheme.tag, "source": str(directory.resolve())}
     try:
         if progress:
             progress("read", 0, 1)
-        tensors = read_cache(target, key)[0]
+        tensors = read_cache(target, metadata, specs)[0]
         if progress:
             progress("read", 1, 1)
         return tensors
-    except CacheMiss as miss:
+    except CacheMiss as miss:  # absent, stale or damaged in any way: rebuild it, never fail
         log.info("quantized cache %s: %s; building it", target, miss)
+    if not _build_cache(directory, model, scheme, target, metadata, progress):
+        return _in_memory(directory, model, scheme, progress)
     try:
-        writer = CacheWriter(target, state_specs(model), {"source_key": key, "scheme": scheme.tag,
-                                                          "source": str(directory.resolve())})
+        return read_cache(target, metadata, specs)[0]
+    except CacheMiss as miss:  # replaced or damaged since it was written (another process, the disk)
+        log.warning("the quantized cache %s cannot be read back (%s); quantizing in memory", target, miss)
+        return _in_memory(directory, model, scheme, progress)
+
+
+def _build_cache(directory: Path, model: ChatGLMForCausalLM, scheme: QuantScheme, target: Path,
+                 metadata: dict[str, str], progress: Progress | None) -> bool:
+    """Convert the checkpoint into the cache file `target`; False (with a warning) when it cannot be written."""
+    try:
+        writer = CacheWriter(target, state_specs(model), metadata)
     except OSError as exc:  # read-only cache directory: quantize in memory, every time
         log.warning("cannot write the quantized cache at %s (%s); quantizing in memory", target, exc)
-        return _in_memory(directory, model, scheme, progress)
+        return False
     try:
         _convert(directory, model, scheme, writer.write, progress)
         writer.commit()
     except OSError as exc:  # the disk filled up while writing: drop the partial file, keep going in memory
         writer.abort()
         log.warning("could not finish the quantized cache at %s (%s); quantizing in memory", target, exc)
-        return _in_memory(directory, model, scheme, progress)
+        return False
     except BaseException:
         writer.abort()
         raise
-    return read_cache(target, key)[0]
+    return True
 
 
 def load_fast(directory: Path, bits: int, group_size: int | None = None,

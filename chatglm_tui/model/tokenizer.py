@@ -13,7 +13,6 @@ what we reproduce without subclassing transformers (which broke it in 4.34 and a
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from chatglm_tui.errors import CheckpointError
+from chatglm_tui.regular_files import read_checkpoint_json
 
 TOKENIZER_FILE = "ice_text.model"
 MAX_BLANK = 80
@@ -32,7 +32,10 @@ PAD_ID = 3
 # `[gMASK]` is not among them: in text it is just the characters "[gMASK]".
 _SPECIAL_STRINGS = ("<sop>", "<eop>", "<unk>", "<pad>", "[MASK]")
 _SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(s) for s in _SPECIAL_STRINGS) + ")")
-_BLANK_PIECE = re.compile(r"<\|blank_(\d+)\|>")
+# Only the exact pieces `<|blank_2|>` .. `<|blank_80|>` are whitespace, as in the original's replace loop:
+# `[0-9]`, not `\d` (which matches any Unicode digit, and int() accepts those too), and no leading zero.
+_BLANKS = {f"<|blank_{n}|>": " " * n for n in range(2, MAX_BLANK + 1)}
+_BLANK_CANDIDATE = re.compile(r"<\|blank_[1-9][0-9]?\|>")
 # transformers' clean_up_tokenization, in its order.
 _CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
              (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
@@ -48,9 +51,10 @@ def _encode_whitespace(text: str) -> str:
 
 def _decode_whitespace(text: str) -> str:
     text = text.replace("<n>", "\n").replace("<|tab|>", "\t")
-    # Same effect as the original's replace loop over N = 2..80 (pieces never overlap).
-    return _BLANK_PIECE.sub(lambda m: " " * int(m.group(1)) if 2 <= int(m.group(1)) <= MAX_BLANK else m.group(0),
-                            text)
+    # Same result as the original's `for n in range(2, 81): text = text.replace(f"<|blank_{n}|>", " " * n)` in
+    # one pass: pieces never overlap and a replacement (spaces) can never form a new piece. `<|blank_1|>` and
+    # `<|blank_81|>`..`<|blank_99|>` match the pattern but are not in the table, so they stay literal.
+    return _BLANK_CANDIDATE.sub(lambda m: _BLANKS.get(m.group(0), m.group(0)), text)
 
 
 def clean_up_tokenization(text: str) -> str:
@@ -85,16 +89,15 @@ class ChatGLMTokenizer:
         """Load `ice_text.model` from a checkpoint directory, checking its tokenizer_config.json if present."""
         directory = Path(directory)
         config_path = directory / "tokenizer_config.json"
-        if config_path.is_file():
-            try:
-                config = json.loads(config_path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise CheckpointError(f"{config_path} is not readable JSON ({exc}); re-download it") from exc
-            if isinstance(config, dict) and config.get("num_image_tokens", 0) != 0:
-                raise CheckpointError(
-                    f"{config_path}: num_image_tokens={config['num_image_tokens']} is the pre-2023-04 150528-token "
-                    "layout, which is not supported: download the current THUDM/chatglm-6b"
-                )
+        try:
+            config = read_checkpoint_json(config_path)  # a named pipe or device is refused, not skipped or hung on
+        except FileNotFoundError:
+            config = None  # optional: the tokenizer alone is enough
+        if isinstance(config, dict) and config.get("num_image_tokens", 0) != 0:
+            raise CheckpointError(
+                f"{config_path}: num_image_tokens={config['num_image_tokens']!r} is the pre-2023-04 150528-token "
+                "layout, which is not supported: download the current THUDM/chatglm-6b"
+            )
         return cls(directory / TOKENIZER_FILE)
 
     def encode_text(self, text: str, *, parse_special: bool = True) -> list[int]:

@@ -1,4 +1,8 @@
-"""Conversations to Markdown and JSON, and JSON back again (validated): pure functions, no SQL."""
+"""Conversations to Markdown and JSON, and JSON back again (validated): pure functions, no SQL.
+
+Markdown is for reading (`sessions show`, a file opened in a pager), so its text is inert: escape sequences and
+controls are shown, never passed on (`chatglm_tui.inert`). The JSON export keeps the exact text.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import dataclasses
 from datetime import datetime, timezone
 from typing import Any
 
+from chatglm_tui.inert import inert, inert_line
 from chatglm_tui.store.errors import StoreError
 from chatglm_tui.store.models import ROLES, Conversation, Message
 
@@ -29,18 +34,18 @@ def _when(seconds: float) -> str:
 
 def render_markdown(conversation: Conversation, messages: list[Message]) -> str:
     """A readable transcript: title, a metadata list, then one heading per message; stopped replies marked."""
-    lines = [f"# {conversation.title or 'Untitled'}", "", f"- id: `{conversation.id}`"]
+    lines = [f"# {inert_line(conversation.title) or 'Untitled'}", "", f"- id: `{inert_line(conversation.id)}`"]
     if conversation.model:
-        lines.append(f"- model: {conversation.model}")
+        lines.append(f"- model: {inert_line(conversation.model)}")
     lines += [f"- created: {_when(conversation.created_at)}", f"- updated: {_when(conversation.updated_at)}"]
     if conversation.params:
         params = ", ".join(f"{key}={value}" for key, value in sorted(conversation.params.items()))
-        lines.append(f"- params: {params}")
+        lines.append(f"- params: {inert_line(params)}")
     if conversation.instruction:
-        lines.append(f"- instruction: {conversation.instruction}")
+        lines.append(f"- instruction: {inert(conversation.instruction)}")
     for message in messages:
         heading = "User" if message.role == "user" else "Assistant"
-        lines += ["", f"## {heading}{' (stopped)' if message.stopped else ''}", "", message.text]
+        lines += ["", f"## {heading}{' (stopped)' if message.stopped else ''}", "", inert(message.text)]
         if message.stopped:
             lines += ["", "*The reply was stopped before it finished.*"]
     return "\n".join(lines) + "\n"

@@ -21,11 +21,12 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 from chatglm_tui import paths
 from chatglm_tui.store import export, migrations
-from chatglm_tui.store.connection import connect, enable_wal, transaction
+from chatglm_tui.store.connection import connect, enable_wal, store_error, transaction
 from chatglm_tui.store.errors import StoreError
 from chatglm_tui.store.models import ROLES, Conversation, Message, Role
 from chatglm_tui.store.rounds import rounds_of
 from chatglm_tui.store.search import escape_like, search_rows
+from chatglm_tui.store.titles import clean_title
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,9 +76,7 @@ def _translated(method: Callable[P, R]) -> Callable[P, R]:
         except sqlite3.DatabaseError as error:
             store = args[0]
             assert isinstance(store, SessionStore)
-            advice = ("another process kept it busy; try again" if "locked" in str(error) or "busy" in str(error)
-                      else "if this persists, move the file aside; chatglm-tui never deletes it")
-            raise StoreError(f"the session store {store.path} failed: {error}; {advice}") from error
+            raise store_error(store.path, error) from error
 
     return wrapper
 
@@ -102,8 +101,7 @@ class SessionStore:
             self._has_search_index = migrations.has_search_index(self._conn)
         except sqlite3.DatabaseError as error:
             self._conn.close()
-            raise StoreError(f"cannot prepare the session store {self.path}: {error}; "
-                             "if this persists, move the file aside; chatglm-tui never deletes it") from error
+            raise store_error(self.path, error) from error
         except BaseException:
             self._conn.close()
             raise
@@ -124,14 +122,14 @@ class SessionStore:
     @_translated
     def create_conversation(self, title: str, model: str = "", params: dict[str, Any] | None = None,
                             instruction: str | None = None) -> Conversation:
-        """Create and return an empty conversation with a fresh 12-hex-character id."""
+        """Create and return an empty conversation with a fresh 12-hex-character id (its title cleaned)."""
         now = self._clock()
         with transaction(self._conn):
             conversation_id = self._unused_id()
             self._conn.execute(
                 "INSERT INTO conversations (id, title, created_at, updated_at, model, params, instruction) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (conversation_id, title, now, now, model, _dump(params), instruction))
+                (conversation_id, clean_title(title), now, now, model, _dump(params), instruction))
         return self.get(conversation_id)
 
     def _unused_id(self) -> str:
@@ -191,8 +189,8 @@ class SessionStore:
 
     @_translated
     def rename(self, conversation_id: str, title: str) -> Conversation:
-        """Give a conversation a new title (its `updated_at`, which orders the list, is left alone)."""
-        return self._set(conversation_id, "title = ?", (title,))
+        """Give a conversation a new title, cleaned (its `updated_at`, which orders the list, is left alone)."""
+        return self._set(conversation_id, "title = ?", (clean_title(title),))
 
     @_translated
     def update(self, conversation_id: str, *, params: dict[str, Any] | None = None,
@@ -220,8 +218,13 @@ class SessionStore:
 
     @_translated
     def delete(self, conversation_id: str) -> None:
-        """Delete a conversation and (by ON DELETE CASCADE) all its messages; StoreError if it is missing."""
+        """Delete a conversation and (by ON DELETE CASCADE) all its messages, however many; StoreError if missing."""
         with transaction(self._conn):
+            # Detach the messages from their parents first: left linked, the parent_id cascade would recurse one
+            # trigger level per message down the chain and fail past SQLite's depth limit (1000) on a long chat.
+            # Changing parent_id fires no trigger (the search index follows `text` only) and no cascade.
+            self._conn.execute("UPDATE messages SET parent_id = NULL WHERE conversation_id = ? "
+                               "AND parent_id IS NOT NULL", (conversation_id,))
             cursor = self._conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
         if cursor.rowcount == 0:
             self.get(conversation_id)
@@ -341,8 +344,8 @@ class SessionStore:
             self._conn.execute(
                 "INSERT INTO conversations (id, title, created_at, updated_at, model, params, instruction) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (fields["id"], fields["title"], fields["created_at"], fields["updated_at"], fields["model"],
-                 _dump(fields["params"]), fields["instruction"]))
+                (fields["id"], clean_title(fields["title"]), fields["created_at"], fields["updated_at"],
+                 fields["model"], _dump(fields["params"]), fields["instruction"]))
             new_ids: dict[int, int] = {}  # message ids are store-wide, so each gets a fresh one
             for row in rows:
                 cursor = self._conn.execute(

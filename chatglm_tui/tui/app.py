@@ -3,17 +3,22 @@ ChatScreen. `make_app` is the one factory used by the CLI, the tests, the snapsh
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
 
 from textual.app import App, SystemCommand
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
 from chatglm_tui.config_file import save_theme_choice
 from chatglm_tui.engine.protocol import Engine, Event, LoadFailed
 from chatglm_tui.errors import ChatGLMError
+from chatglm_tui.inert import inert, inert_line
 from chatglm_tui.settings import Settings
 from chatglm_tui.store import SessionStore
 from chatglm_tui.tui.chat_session import ChatSession
@@ -23,6 +28,11 @@ from chatglm_tui.tui.messages import post_engine_event
 from chatglm_tui.tui.screens.chat import ChatScreen
 from chatglm_tui.tui.screens.help import HelpScreen
 from chatglm_tui.tui.themes import DEFAULT_THEME, load_themes
+
+# Signals that end the app the way ctrl+q does (a reply being written is saved as stopped). SIGHUP: the terminal
+# window was closed; the app then has seconds at most before the terminal's death takes it too.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+HANGUP_GRACE_SECONDS = 3.0
 
 
 class ChatApp(App[None]):
@@ -46,6 +56,7 @@ class ChatApp(App[None]):
     def on_mount(self) -> None:
         self.apply_themes()
         self.apply_keymap()
+        self.handle_stop_signals(install=True)
         self.push_screen(self.chat_screen)
         # A plain daemon thread, not a Textual worker: quitting must not wait for a load that takes minutes
         # (Textual waits for its thread workers on exit, and a blocking load cannot be interrupted).
@@ -116,6 +127,38 @@ class ChatApp(App[None]):
     async def action_quit(self) -> None:
         self.chat_screen.save_partial()
         self.exit()
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = True) -> None:
+        """Every notification is plain text: it may quote a title, a file name or an error (all untrusted)."""
+        super().notify(inert(message), title=inert_line(title), severity=severity, timeout=timeout, markup=False)
+
+    # ---------------------------------------------------------------- signals
+
+    def handle_stop_signals(self, install: bool) -> None:
+        """Install (or remove, on unmount) the handlers that make a signal quit like ctrl+q."""
+        try:
+            loop = asyncio.get_running_loop()
+            for signum in STOP_SIGNALS:
+                if install:
+                    loop.add_signal_handler(signum, self.stop_on_signal, signum)
+                else:
+                    loop.remove_signal_handler(signum)
+        except (NotImplementedError, RuntimeError, ValueError):  # no signals here (Windows, not the main thread)
+            pass
+
+    def on_unmount(self) -> None:
+        self.handle_stop_signals(install=False)
+
+    def stop_on_signal(self, signum: int) -> None:
+        """A stop signal: save the reply being written (marked stopped) first, then leave with 128 + signum."""
+        self.chat_screen.save_partial()
+        if signum == getattr(signal, "SIGHUP", None):
+            # The terminal is gone: restoring it may fail or block; everything is saved, so never linger.
+            watchdog = threading.Timer(HANGUP_GRACE_SECONDS, os._exit, (128 + signum,))
+            watchdog.daemon = True
+            watchdog.start()
+        self.exit(return_code=128 + signum)
 
 
 def make_app(settings: Settings, engine: Engine, store: SessionStore, *, conversation_id: str | None = None,

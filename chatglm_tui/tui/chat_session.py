@@ -14,9 +14,9 @@ from typing import Any
 from chatglm_tui.engine.protocol import ChatRequest, GenerationFinished, Round, SamplingParams
 from chatglm_tui.settings import Settings
 from chatglm_tui.store import Conversation, Message, SessionStore, rounds_of
+from chatglm_tui.store.titles import title_from
 from chatglm_tui.tui.tree import MessageTree
 
-TITLE_LENGTH = 60
 _PARAM_FIELDS = tuple(field.name for field in dataclasses.fields(SamplingParams))
 
 
@@ -25,13 +25,6 @@ def params_from(saved: dict[str, Any], defaults: SamplingParams) -> SamplingPara
     known = {name: value for name, value in saved.items() if name in _PARAM_FIELDS}
     params = dataclasses.replace(defaults, **known)
     return dataclasses.replace(params, do_sample=params.temperature > 0)
-
-
-def title_from(text: str) -> str:
-    """A conversation title from its first message: the first line, whitespace folded, at most 60 characters."""
-    line = next((line for line in text.splitlines() if line.strip()), "")
-    line = " ".join(line.split()) or "New chat"
-    return line if len(line) <= TITLE_LENGTH else line[:TITLE_LENGTH - 1] + "…"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,10 @@ from functools import partial
 from typing import TYPE_CHECKING, cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.content import Content
+from textual.fuzzy import Matcher
+
+from chatglm_tui.inert import inert_line
 
 if TYPE_CHECKING:
     from chatglm_tui.tui.app import ChatApp
@@ -35,23 +39,38 @@ def chat_commands(run: Callable[[str], object]) -> Iterator[tuple[str, str, Call
         yield title, help_text, partial(run, action)
 
 
+PALETTE_TITLE_LENGTH = 80  # fuzzy matching costs grow with the candidate's length: titles are cut first
+
+
+def highlighted(matcher: Matcher, candidate: str) -> Content:
+    """`candidate` as plain content (never parsed as markup) with the matcher's hits highlighted."""
+    content = Content(candidate)
+    _, offsets = matcher.fuzzy_search.match(matcher.query, candidate)
+    for offset in offsets:
+        if not candidate[offset].isspace():
+            content = content.stylize(matcher.match_style, offset, offset + 1)
+    return content
+
+
 class OpenConversationProvider(Provider):
     """"Open conversation: <title>" for each saved conversation, newest first."""
 
     def _entries(self) -> list[tuple[str, str]]:
         app = cast("ChatApp", self.app)
-        return [(f"Open conversation: {c.title}", c.id) for c in app.store.list_conversations(limit=500)]
+        return [(f"Open conversation: {inert_line(c.title)[:PALETTE_TITLE_LENGTH]}", c.id)
+                for c in app.store.list_conversations(limit=500)]
 
     async def discover(self) -> Hits:
         for title, conversation_id in self._entries()[:10]:
-            yield DiscoveryHit(title, partial(self._open, conversation_id), help="Recent conversation")
+            yield DiscoveryHit(Content(title), partial(self._open, conversation_id), text=title,
+                               help="Recent conversation")
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
         for title, conversation_id in self._entries():
             score = matcher.match(title)
             if score > 0:
-                yield Hit(score, matcher.highlight(title), partial(self._open, conversation_id),
+                yield Hit(score, highlighted(matcher, title), partial(self._open, conversation_id), text=title,
                           help="Open this saved conversation")
 
     async def _open(self, conversation_id: str) -> None:

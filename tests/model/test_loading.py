@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -163,7 +165,7 @@ class _Payload:
 def test_pickle_that_would_run_code_is_refused(fp16_copy, capsys):
     _remove_weights(fp16_copy)
     torch.save({"transformer.word_embeddings.weight": _Payload()}, fp16_copy / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match="would run code"):
+    with pytest.raises(CheckpointError, match=r"was refused: it tries to run code when loaded \(it calls .*print\)"):
         load_model(fp16_copy)
     assert "this must never run" not in capsys.readouterr().out
 
@@ -196,3 +198,93 @@ def test_remote_code_is_never_imported(fp16_copy):
     (fp16_copy / "configuration_chatglm.py").write_text("raise SystemExit('remote code ran')\n")
     glm = load_model(fp16_copy, dtype="float32")
     assert glm.config.extra["auto_map"]  # it is there, and ignored
+
+
+def _point_shard_2_at(directory: Path, entry: str) -> None:
+    index = directory / "pytorch_model.bin.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"] = {k: entry if v == "pytorch_model-00002-of-00004.bin" else v
+                          for k, v in data["weight_map"].items()}
+    index.write_text(json.dumps(data))
+
+
+def _outside_copy_of_shard_2(fp16_copy: Path) -> Path:
+    """A real, loadable shard outside the checkpoint directory: what an escaping entry would get opened."""
+    outside = fp16_copy.parent / "outside"
+    outside.mkdir()
+    shutil.copyfile(fp16_copy / "pytorch_model-00002-of-00004.bin", outside / "shard.bin")
+    return outside / "shard.bin"
+
+
+@pytest.mark.parametrize("form", ["relative", "deep", "absolute", "symlinked folder", "control characters"])
+def test_index_entries_outside_the_checkpoint_are_refused(fp16_copy, form):
+    target = _outside_copy_of_shard_2(fp16_copy)
+    (fp16_copy / "link").symlink_to(target.parent, target_is_directory=True)
+    entry = {"relative": "../outside/shard.bin", "deep": "../" * 12 + str(target).lstrip("/"),
+             "absolute": str(target), "symlinked folder": "link/shard.bin",
+             "control characters": "../outside/\x1b[2J\rshard.bin"}[form]
+    if form == "control characters":
+        os.rename(target, target.parent / "\x1b[2J\rshard.bin")
+    _point_shard_2_at(fp16_copy, entry)
+    with pytest.raises(CheckpointError) as error:
+        load_model(fp16_copy)
+    message = str(error.value)
+    assert f"shard entry {entry!r} points outside the checkpoint directory" in message
+    assert "\n" not in message and "\r" not in message and "\x1b" not in message
+
+
+def test_index_entries_that_are_not_names_are_refused(fp16_copy):
+    _point_shard_2_at(fp16_copy, "shard.bin")
+    index = fp16_copy / "pytorch_model.bin.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"]["transformer.final_layernorm.bias"] = ["a list"]
+    index.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"shard entry \['a list'\] is not a file name"):
+        load_model(fp16_copy)
+
+
+def test_a_shard_that_is_a_link_out_of_the_folder_still_loads(fp16_copy, tiny_fp16):
+    # The Hugging Face cache stores every snapshot file as a link into its blobs/ folder, outside the snapshot.
+    target = _outside_copy_of_shard_2(fp16_copy)
+    (fp16_copy / "pytorch_model-00002-of-00004.bin").unlink()
+    (fp16_copy / "pytorch_model-00002-of-00004.bin").symlink_to(target)
+    glm = load_model(fp16_copy, dtype="float32")
+    assert torch.equal(_top_logits(glm), _top_logits(tiny_fp16))
+
+
+class _RunsACommand:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"echo pwned > '{self.marker}'",))
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_a_pickle_that_runs_a_command_is_refused_and_never_runs(fp16_copy, tmp_path, zip_format):
+    marker = tmp_path / "pwned"
+    _remove_weights(fp16_copy)
+    weights = fp16_copy / "pytorch_model.bin"
+    torch.save({"transformer.word_embeddings.weight": _RunsACommand(marker)}, weights,
+               _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(CheckpointError) as error:
+        load_model(fp16_copy)
+    message = str(error.value)
+    assert message.startswith(f"{weights} was refused: it tries to run code when loaded (it calls ")
+    assert re.search(r"calls (posix|nt|os)\.system\)", message) and "a genuine checkpoint never does" in message
+    assert "truncated or corrupt" not in message and "\n" not in message
+    assert not marker.exists()
+
+
+def test_truncated_legacy_pickles_are_reported_as_truncated(fp16_copy, tmp_path):
+    # The pre-zip torch.save format: truncation makes torch raise IndexError, struct.error, ... not only EOFError.
+    legacy = tmp_path / "legacy.bin"
+    state = torch.load(fp16_copy / "pytorch_model-00004-of-00004.bin", weights_only=True)
+    small = {name: tensor[:2].clone() for name, tensor in list(state.items())[:4]}  # a few tensors are enough
+    torch.save(small, legacy, _use_new_zipfile_serialization=False)
+    data = legacy.read_bytes()
+    damaged = tmp_path / "damaged.bin"
+    for cut in range(1, len(data), max(1, len(data) // 60)):
+        damaged.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="damaged.bin is truncated or corrupt"):
+            list(read_weight_file(damaged))

@@ -8,7 +8,12 @@ import pytest
 
 from chatglm_tui.errors import CheckpointError
 from chatglm_tui.model.prompt import process_response
-from chatglm_tui.model.tokenizer import ChatGLMTokenizer, IncrementalDecoder
+from chatglm_tui.model.tokenizer import (
+    ChatGLMTokenizer,
+    IncrementalDecoder,
+    _decode_whitespace,
+    clean_up_tokenization,
+)
 
 # Vectors of the spec (section 4.4), taken from chatglm.cpp's tests of the original tokenizer.
 SPEC_VECTORS = [
@@ -89,3 +94,46 @@ def test_incremental_decoder_round_trips_random_token_streams(tokenizer):
         deltas = _stream(tokenizer, ids, finalize=process_response,
                          pending=IncrementalDecoder(tokenizer).pending + ("[[训练时间]]",), hold_chars=",!:;?")
         assert "".join(deltas) == process_response(tokenizer.decode(ids)), ids
+
+
+def _original_postprocess(text: str) -> str:
+    """The original ChatGLM tokenizer's whitespace post-processing, verbatim (SPTokenizer.postprocess)."""
+    text = text.replace("<n>", "\n").replace("<|tab|>", "\t")
+    for n in range(2, 81):
+        text = text.replace(f"<|blank_{n}|>", " " * n)
+    return text
+
+
+# Look-alikes the original leaves as they are: leading zeros, non-ASCII digits (which `\d` and int() accept),
+# numbers outside 2..80, signs, spaces; and the real pieces at both ends of the range, which become spaces.
+BLANK_LOOKALIKES = ["<|blank_02|>", "<|blank_080|>", "<|blank_٢|>", "<|blank_２|>", "<|blank_1|>", "<|blank_81|>",
+                    "<|blank_0|>", "<|blank_100|>", "<|blank_+2|>", "<|blank_ 2|>", "<|blank_2 |>", "<|blank_|>"]
+
+
+@pytest.mark.parametrize("piece", BLANK_LOOKALIKES)
+def test_only_exact_blank_pieces_decode_to_spaces(tokenizer, piece):
+    assert _decode_whitespace(f"a{piece}b") == f"a{piece}b"
+    ids = tokenizer.encode_text(f"a{piece}b")
+    assert tokenizer.decode(ids) == clean_up_tokenization(_original_postprocess(tokenizer.sp.DecodeIds(ids)))
+
+
+def test_blank_lookalikes_round_trip_as_text(tokenizer):
+    # (SentencePiece's NFKC turns a fullwidth "２" into "2" while encoding, as in the original, so it is not here.)
+    for piece in ("<|blank_02|>", "<|blank_080|>", "<|blank_٢|>", "<|blank_1|>", "<|blank_81|>"):
+        assert tokenizer.decode(tokenizer.encode(f"x {piece} y")) == f"x {piece} y"
+
+
+def test_blank_pieces_two_to_eighty_are_spaces(tokenizer):
+    for n in (2, 9, 10, 79, 80):
+        assert tokenizer.decode(tokenizer.encode_text(f"a<|blank_{n}|>b")) == "a" + " " * n + "b"
+        assert tokenizer.decode(tokenizer.encode_text("a" + " " * n + "b")) == "a" + " " * n + "b"
+
+
+def test_blank_decoding_matches_the_original_loop_on_random_text(tokenizer):
+    rng = random.Random(11)
+    parts = ["<|blank_", "|>", "<|", "0", "1", "2", "8", "9", "٢", "２", "<n>", "<|tab|>", " ", "x", "|"]
+    for _ in range(300):
+        text = "".join(rng.choice(parts) for _ in range(rng.randint(1, 12)))
+        assert _decode_whitespace(text) == _original_postprocess(text), text
+        ids = tokenizer.encode_text(text, parse_special=False)
+        assert tokenizer.decode(ids) == clean_up_tokenization(_original_postprocess(tokenizer.sp.DecodeIds(ids)))

@@ -14,7 +14,8 @@ import pytest
 from chatglm_tui.engine.protocol import Budget, LoadProgress, SamplingParams
 from chatglm_tui.store import Message
 from chatglm_tui.tui import clipboard
-from chatglm_tui.tui.chat_session import TITLE_LENGTH, params_from, title_from
+from chatglm_tui.store.titles import TITLE_LENGTH, title_from
+from chatglm_tui.tui.chat_session import params_from
 from chatglm_tui.tui.clipboard import describe_copy, last_copy_path, save_copy
 from chatglm_tui.tui.code_blocks import CodeBlock, code_blocks
 from chatglm_tui.tui.keys import KNOWN_IDS, binding_rows, unknown_binding_ids

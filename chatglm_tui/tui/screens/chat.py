@@ -18,6 +18,7 @@ from textual.widgets import Button, Footer, Static
 
 from chatglm_tui.engine.protocol import Engine, GenerationFailed, GenerationFinished, GenerationStats
 from chatglm_tui.errors import ChatGLMError
+from chatglm_tui.inert import inert_line
 from chatglm_tui.store import Message, StoreError
 from chatglm_tui.tui.chat_session import ChatSession, PendingReply
 from chatglm_tui.tui.messages import (
@@ -199,7 +200,7 @@ class ChatScreen(BranchActions):
 
         def quit_if_asked(quit_app: bool | None) -> None:
             if quit_app:
-                self.app.exit(return_code=1, message=f"chatglm: {self.load_error}")
+                self.app.exit(return_code=1, message=f"chatglm: {inert_line(self.load_error or '')}")
 
         self.app.push_screen(LoadErrorScreen(message.event.message, self.model_label[0], str(config_path())),
                              quit_if_asked)

@@ -19,6 +19,7 @@ from chatglm_tui.engine.protocol import Engine
 from chatglm_tui.store import StoreError
 from chatglm_tui.tui.chat_session import ChatSession, PendingReply
 from chatglm_tui.tui.clipboard import copy_with_tool, describe_copy, save_copy
+from chatglm_tui.tui.inert_display import inert_label
 from chatglm_tui.tui.code_blocks import code_blocks
 from chatglm_tui.tui.screens.conversation_settings import Choice, ConversationSettingsScreen
 from chatglm_tui.tui.screens.modals import ConfirmScreen, PickScreen, TextPromptScreen
@@ -82,7 +83,7 @@ class ConversationActions(Screen[None]):
     def show_title(self) -> None:
         """The conversation's title above the transcript."""
         conversation = self.session.conversation
-        self.query_one("#chat-title", Static).update(conversation.title if conversation else "New chat")
+        self.query_one("#chat-title", Static).update(inert_label(conversation.title) if conversation else "New chat")
 
     @property
     def prompt(self) -> PromptInput:

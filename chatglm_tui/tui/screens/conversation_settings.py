@@ -11,7 +11,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, TextArea
 
 from chatglm_tui.engine.protocol import SamplingParams
+from chatglm_tui.inert import inert
 from chatglm_tui.settings import ConfigError, Settings, apply_overrides
+from chatglm_tui.tui.inert_display import inert_label
 
 # (field, label, help) in the order shown.
 FIELDS = (
@@ -56,10 +58,11 @@ class ConversationSettingsScreen(ModalScreen[Choice | None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(classes="dialog wide"):
-            yield Label(f"Settings · {self.title_text}", classes="dialog-title")
+            yield Label(inert_label(f"Settings · {self.title_text}"), classes="dialog-title")
             yield Static("Instruction (ChatGLM-6B has no system role: it is put before the first question, "
                          "and its tokens count in the meter)", classes="field-help")
-            yield TextArea(self.instruction or "", id="instruction", soft_wrap=True, tab_behavior="focus")
+            # Shown inert; saved back unchanged unless it was edited (see action_save).
+            yield TextArea(inert(self.instruction or ""), id="instruction", soft_wrap=True, tab_behavior="focus")
             with Grid(id="sampling-grid"):
                 for name, label, help_text in FIELDS:
                     value = getattr(self.params, name)
@@ -87,5 +90,7 @@ class ConversationSettingsScreen(ModalScreen[Choice | None]):
         except ConfigError as exc:
             self.notify(str(exc), title="Not saved", severity="error")
             return
-        instruction = self.query_one("#instruction", TextArea).text.strip() or None
+        shown = self.query_one("#instruction", TextArea).text
+        unchanged = shown == inert(self.instruction or "")
+        instruction = self.instruction if unchanged else shown.strip() or None
         self.dismiss((params, instruction))

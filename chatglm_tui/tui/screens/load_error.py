@@ -8,6 +8,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
+from chatglm_tui.tui.inert_display import inert_content
+
 ADVICE = """\
 What you can do:
   • Download the model:      chatglm model pull {model}
@@ -31,8 +33,8 @@ class LoadErrorScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide error-dialog"):
             yield Label("The model could not be loaded", classes="dialog-title")
-            yield Static(self.message, classes="dialog-body error-text", markup=False)
-            yield Static(ADVICE.format(model=self.model, config=self.config), classes="dialog-body", markup=False)
+            yield Static(inert_content(self.message), classes="dialog-body error-text")
+            yield Static(inert_content(ADVICE.format(model=self.model, config=self.config)), classes="dialog-body")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Browse saved chats", id="browse", variant="primary")
                 yield Button("Quit", id="quit", variant="error")

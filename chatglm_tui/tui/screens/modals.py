@@ -8,8 +8,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, OptionList, Static
+from textual.widgets import Button, Label, OptionList, Static
 from textual.widgets.option_list import Option
+
+from chatglm_tui.store.titles import clean_title
+from chatglm_tui.tui.inert_display import InertInput, inert_content, inert_label
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -24,8 +27,8 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="dialog-title")
-            yield Static(self.message, classes="dialog-body")
+            yield Label(inert_label(self.title_text), classes="dialog-title")
+            yield Static(inert_content(self.message), classes="dialog-body")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Cancel", id="cancel")
                 yield Button(self.confirm, id="confirm", variant="error" if self.danger else "primary")
@@ -49,12 +52,12 @@ class TextPromptScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="dialog-title")
-            yield Input(self.value, placeholder=self.placeholder, select_on_focus=True)
+            yield Label(inert_label(self.title_text), classes="dialog-title")
+            yield InertInput(clean_title(self.value), placeholder=self.placeholder, select_on_focus=True)
             yield Static("Enter to save · Esc to cancel", classes="dialog-hint")
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        text = " ".join(event.value.split())
+    def on_input_submitted(self, event: InertInput.Submitted) -> None:
+        text = clean_title(event.value)
         if not text:
             self.notify("The title cannot be empty.", severity="warning")
             return
@@ -73,8 +76,8 @@ class PickScreen(ModalScreen[int | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="dialog-title")
-            yield OptionList(*[Option(item, id=str(index)) for index, item in enumerate(self.items)])
+            yield Label(inert_label(self.title_text), classes="dialog-title")
+            yield OptionList(*[Option(inert_content(item), id=str(index)) for index, item in enumerate(self.items)])
             yield Static("Enter to choose · Esc to cancel", classes="dialog-hint")
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:

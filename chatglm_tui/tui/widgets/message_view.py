@@ -1,7 +1,9 @@
 """One message of the transcript: a header (who, version, stopped, left out, speed) and its text.
 
 Finished replies are static Markdown; a streaming reply appends only its new text through `MarkdownStream`,
-then is rendered once in full when it ends (a code fence open mid-stream would otherwise stay unstyled).
+then is rendered once in full when it ends (a code fence open mid-stream would otherwise stay unstyled). The
+text is shown inert (`chatglm_tui.inert`): escape sequences in a message or reply are made visible, never sent
+to the terminal; `self.text` keeps the exact text (for copying).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from textual.containers import Vertical
 from textual.message import Message as TextualMessage
 from textual.widgets import Markdown, Static
 
+from chatglm_tui.inert import StreamingInert, inert
 from chatglm_tui.store import Message
+from chatglm_tui.tui.inert_display import inert_content
 
 if TYPE_CHECKING:
     from textual.widgets._markdown import MarkdownStream
@@ -74,15 +78,16 @@ class MessageView(Vertical, can_focus=True):
         self.streaming = message is None
         self.note = ""  # what a streaming reply is waiting for (model load, reading the prompt)
         self._stream: MarkdownStream | None = None
+        self._inert = StreamingInert()
         self.set_class(left_out, "-left-out")
         self.set_class(bool(message and message.stopped), "-stopped")
 
     def compose(self) -> ComposeResult:
         yield Static(self.header_text(), classes="message-header")
         if self.role == "user":
-            yield Static(Text(self.text), classes="message-body")
+            yield Static(inert_content(self.text), classes="message-body")
         else:
-            yield Markdown(self.text, classes="message-body")
+            yield Markdown(inert(self.text), classes="message-body")
 
     # ---------------------------------------------------------------- header
 
@@ -118,7 +123,9 @@ class MessageView(Vertical, can_focus=True):
         if self._stream is None:
             self._stream = Markdown.get_stream(self.query_one(Markdown))
         self.text += text
-        await self._stream.write(text)
+        shown = self._inert.feed(text)
+        if shown:
+            await self._stream.write(shown)
 
     async def finish(self, message: Message | None, text: str | None = None) -> None:
         """End the stream: the saved message (None if the reply failed and `text` says why) is shown in full."""
@@ -130,7 +137,8 @@ class MessageView(Vertical, can_focus=True):
         self.text = message.text if message else (text or self.text)
         self.set_class(bool(message and message.stopped), "-stopped")
         self.set_class(message is None, "-failed")
-        await self.query_one(Markdown).update(self.text)
+        self._inert = StreamingInert()
+        await self.query_one(Markdown).update(inert(self.text))
         self.refresh_header()
 
     # ---------------------------------------------------------------- actions

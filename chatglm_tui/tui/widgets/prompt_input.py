@@ -1,15 +1,20 @@
 """The prompt: a multi-line editor where Enter sends, ctrl+j adds a line, and ↑/↓ recall earlier prompts.
 
-Pasted text (bracketed paste) is inserted as is, newlines included, and never sends by itself.
+Pasted text (bracketed paste) is inserted with its newlines and never sends by itself. Text put into the prompt
+(a paste, a question being edited, a recalled prompt, $EDITOR's result) is made inert first: its escape
+sequences are shown, never sent to the terminal.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from textual import events
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
+
+from chatglm_tui.inert import inert
 
 
 class PromptInput(TextArea):
@@ -37,6 +42,13 @@ class PromptInput(TextArea):
         self._history_index: int | None = None  # position while recalling; None while editing a fresh draft
         self._draft = ""
         self._recalled = ""  # the prompt last recalled: a different text means the user edited it
+
+    def load_text(self, text: str) -> None:
+        super().load_text(inert(text))
+
+    async def _on_paste(self, event: events.Paste) -> None:
+        # Runs before TextArea's own paste handler (Textual dispatches down the MRO), which inserts `event.text`.
+        event.text = inert(event.text)
 
     def action_submit(self) -> None:
         if self.text.strip():
@@ -77,6 +89,6 @@ class PromptInput(TextArea):
             self._history_index = None
             self.load_text(self._draft)
         else:
-            self._history_index, self._recalled = index, self.recall[index]
+            self._history_index, self._recalled = index, inert(self.recall[index])
             self.load_text(self._recalled)
         self.move_cursor(self.document.end)

@@ -10,10 +10,12 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import Input, OptionList
+from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
+from chatglm_tui.inert import inert_line
 from chatglm_tui.store import Conversation
+from chatglm_tui.tui.inert_display import InertInput
 
 
 def age(seconds: float, now: float) -> str:
@@ -47,7 +49,7 @@ class Sidebar(Vertical):
         self.now = clock  # fixed in snapshot tests, so the ages shown stay the same
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="Filter conversations…", id="conversation-filter")
+        yield InertInput(placeholder="Filter conversations…", id="conversation-filter")
         yield OptionList(id="conversation-list")
 
     @property
@@ -60,7 +62,7 @@ class Sidebar(Vertical):
         now = self.now()
         options = []
         for conversation in conversations:
-            label = Text(conversation.title or "Untitled")
+            label = Text(inert_line(conversation.title) or "Untitled")
             label.truncate(TITLE_CELLS, overflow="ellipsis")  # one line per title; the full one is in the pane
             label.append(f"\n{age(conversation.updated_at, now)}", style="dim")
             options.append(Option(label, id=conversation.id))
@@ -75,13 +77,13 @@ class Sidebar(Vertical):
 
     @property
     def filter_text(self) -> str:
-        return self.query_one(Input).value
+        return self.query_one(InertInput).value
 
-    def on_input_changed(self, event: Input.Changed) -> None:
+    def on_input_changed(self, event: InertInput.Changed) -> None:
         event.stop()
         self.post_message(self.FilterChanged(event.value))
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
+    def on_input_submitted(self, event: InertInput.Submitted) -> None:
         event.stop()
         if self.conversations:
             self.focus_list()

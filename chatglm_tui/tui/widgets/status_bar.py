@@ -9,6 +9,8 @@ from textual.reactive import reactive
 from textual.widgets import ProgressBar, Static
 
 from chatglm_tui.engine.protocol import LoadProgress
+from chatglm_tui.inert import inert_line
+from chatglm_tui.tui.inert_display import inert_label
 
 STAGE_WORDS = {"download": "downloading", "read": "reading weights", "quantize": "quantizing", "ready": "ready"}
 
@@ -42,7 +44,7 @@ class StatusBar(Horizontal):
 
     def on_mount(self) -> None:
         self.query_one("#status-model", Static).update(
-            Text.assemble((self.model, "bold"), f"  {self.device} · {self.quantization}"))
+            Text.assemble((inert_line(self.model), "bold"), "  " + inert_line(f"{self.device} · {self.quantization}")))
         self._refresh_state()
 
     def show_progress(self, progress: LoadProgress) -> None:
@@ -60,7 +62,7 @@ class StatusBar(Horizontal):
 
     def watch_speed(self, speed: str) -> None:
         if self.is_mounted:
-            self.query_one("#status-speed", Static).update(speed)
+            self.query_one("#status-speed", Static).update(inert_label(speed))
 
     def _refresh_state(self) -> None:
         if not self.is_mounted:
@@ -69,4 +71,4 @@ class StatusBar(Horizontal):
         for state in ("starting", "loading", "ready", "failed"):
             self.set_class(self.state == state, f"-{state}")
         symbol = {"ready": "●", "failed": "✖"}.get(self.state, "◌")
-        self.query_one("#status-state", Static).update(f"{symbol} {self.detail or self.state}")
+        self.query_one("#status-state", Static).update(inert_label(f"{symbol} {self.detail or self.state}"))
