@@ -38,15 +38,13 @@ from chatglm_tui.errors import ChatGLMError, GenerationError
 from chatglm_tui.inert import StreamingInert, inert, inert_json
 from chatglm_tui.settings import Settings
 from chatglm_tui.store.titles import title_from
-from chatglm_tui.terminal import EXIT_READER_GONE, StatusLine, discard_output, is_terminal
+from chatglm_tui.terminal import EXIT_READER_GONE, STOP_SIGNALS, StatusLine, discard_output, is_terminal
 
 if TYPE_CHECKING:
     from chatglm_tui.engine.worker import InferenceWorker
     from chatglm_tui.store import Conversation, SessionStore
 
 EXIT_INTERRUPTED = 130
-# Signals that stop a reply the way Ctrl+C does (the partial reply is saved); SIGHUP: the terminal closed.
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 _ACCEPTED = (GenerationStarted, PrefillProgress, ChunkProgress, TextDelta)  # the engine took the request
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -77,6 +79,42 @@ class TickingClock:
 def clock() -> TickingClock:
     """A fresh `TickingClock`, for stores under test."""
     return TickingClock()
+
+
+BOUNDED_SECONDS = 10.0  # a refusal takes milliseconds; a read of a FIFO with no writer never returns
+
+
+def raised_within(call: Callable[[], object], unblock: Path | None = None,
+                  timeout: float = BOUNDED_SECONDS) -> BaseException | None:
+    """Run `call` in a thread for at most `timeout` seconds; return what it raised (None if nothing).
+
+    If it is still running, the FIFO `unblock` gets a writer that opens and closes at once (EOF for a reader
+    stuck on it), so a failing test does not leave a thread blocked for ever, and the test fails.
+    """
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 (handed to the test to assert on)
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        if unblock is not None:
+            os.close(os.open(unblock, os.O_WRONLY | os.O_NONBLOCK))
+            thread.join(timeout)
+        pytest.fail(f"still blocked after {timeout} s" + (f" on {unblock}" if unblock is not None else ""))
+    return outcome[0]
+
+
+@pytest.fixture
+def bounded() -> Callable[..., BaseException | None]:
+    """`bounded(call, unblock=None)`: `raised_within` for tests of things that must never wait on a FIFO."""
+    return raised_within
 
 
 @pytest.fixture(autouse=True, scope="session")

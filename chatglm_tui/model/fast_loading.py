@@ -24,7 +24,7 @@ from chatglm_tui.model.config import ChatGLMConfig
 from chatglm_tui.model.kernels import cpu as kernels
 from chatglm_tui.model.loading import Progress, find_weight_files, read_weight_file
 from chatglm_tui.model.modeling import ChatGLMForCausalLM, RotaryEmbedding2D
-from chatglm_tui.model.quant_cache import CacheMiss, CacheWriter, read_cache, source_key
+from chatglm_tui.model.quant_cache import CacheMiss, CacheWriter, read_cache, remove_stale_partials, source_key
 from chatglm_tui.model.quantize import (
     QUANTIZED_LINEARS,
     dequantize_rows,
@@ -236,6 +236,7 @@ def _fast_tensors(directory: Path, model: ChatGLMForCausalLM, scheme: QuantSchem
     files = find_weight_files(directory) + [directory / "config.json"]
     key = source_key(files, {"scheme": scheme.tag, "kernel_layout": kernels.LAYOUT_TAG})
     target, specs = cache_file(directory, scheme), state_specs(model)
+    remove_stale_partials(target.parent)  # what killed builds left, before this load reads or builds the cache
     metadata = {"source_key": key, "scheme": scheme.tag, "source": str(directory.resolve())}
     try:
         if progress:

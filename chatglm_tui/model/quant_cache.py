@@ -119,7 +119,6 @@ class CacheWriter:
         self.crcs = {name: "0" * _CRC_WIDTH for name in specs}
         self.written: set[str] = set()
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_partials(path.parent)
         self.tmp = partial_name(path, os.getpid())
         self.file = open(self.tmp, "wb")  # noqa: SIM115 (closed in commit/abort)
         self.header_size = len(self._header())
@@ -208,10 +207,8 @@ def read_cache(path: Path, metadata: dict[str, str], specs: Specs) -> tuple[dict
     """Memory-map a cache file and verify it fully; raise CacheMiss (with the reason) if it cannot be used.
 
     The header must be exactly what CacheWriter writes for `specs` (the tensors the model expects) and
-    `metadata` (source key, scheme, ...), and every tensor's CRC must match. Stale temporary files of dead
-    writers in its folder are removed first.
+    `metadata` (source key, scheme, ...), and every tensor's CRC must match.
     """
-    remove_stale_partials(path.parent)
     if not path.is_file():
         raise CacheMiss("no cache file yet")
     offsets, data_size = _layout(specs)

@@ -21,6 +21,7 @@ from chatglm_tui.errors import ChatGLMError
 from chatglm_tui.inert import inert, inert_line
 from chatglm_tui.settings import Settings
 from chatglm_tui.store import SessionStore
+from chatglm_tui.terminal import STOP_SIGNALS
 from chatglm_tui.tui.chat_session import ChatSession
 from chatglm_tui.tui.commands import OpenConversationProvider, chat_commands
 from chatglm_tui.tui.keys import APP_BINDINGS, binding_rows, unknown_binding_ids
@@ -29,9 +30,7 @@ from chatglm_tui.tui.screens.chat import ChatScreen
 from chatglm_tui.tui.screens.help import HelpScreen
 from chatglm_tui.tui.themes import DEFAULT_THEME, load_themes
 
-# Signals that end the app the way ctrl+q does (a reply being written is saved as stopped). SIGHUP: the terminal
-# window was closed; the app then has seconds at most before the terminal's death takes it too.
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+# After SIGHUP (the terminal window was closed) the app leaves within this, whatever restoring the dead terminal does.
 HANGUP_GRACE_SECONDS = 3.0
 
 

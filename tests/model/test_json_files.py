@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,37 +12,9 @@ from chatglm_tui.errors import CheckpointError
 from chatglm_tui.hub import model_info
 from chatglm_tui.model import load_model
 from chatglm_tui.model.config import ChatGLMConfig
-from chatglm_tui.regular_files import MAX_JSON_BYTES, read_checkpoint_json
 from chatglm_tui.model.loading import find_weight_files
 from chatglm_tui.model.tokenizer import ChatGLMTokenizer
-
-TIMEOUT = 10.0  # seconds; a refusal takes milliseconds, a read of a pipe with no writer never returns
-
-
-def bounded(call: Callable[[], object], unblock: Path | None = None) -> BaseException | None:
-    """Run `call` in a thread for at most TIMEOUT seconds; return what it raised (None if nothing).
-
-    If it is still running, the pipe `unblock` is opened for writing and closed, which ends a read waiting on
-    it, so a failing test does not leave a thread stuck for ever.
-    """
-    outcome: list[BaseException | None] = []
-
-    def target() -> None:
-        try:
-            call()
-            outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001 (handed to the test)
-            outcome.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(TIMEOUT)
-    if thread.is_alive():
-        if unblock is not None:
-            os.close(os.open(unblock, os.O_WRONLY | os.O_NONBLOCK))
-        pytest.fail(f"still blocked after {TIMEOUT} s")
-    return outcome[0]
-
+from chatglm_tui.regular_files import MAX_JSON_BYTES, read_checkpoint_json
 
 @pytest.fixture
 def model_dir(fixture_dir, tmp_path) -> Path:
@@ -67,38 +37,38 @@ def _assert_refused(error: BaseException | None, path: Path, kind: str) -> None:
     assert f"{path} is not readable: it is {kind}, not a file" in message and "\n" not in message
 
 
-def test_config_json_that_is_a_named_pipe_is_refused(model_dir, tokenizer):
+def test_config_json_that_is_a_named_pipe_is_refused(model_dir, tokenizer, bounded):
     fifo = _replace_with_fifo(model_dir / "config.json")
     _assert_refused(bounded(lambda: load_model(model_dir, tokenizer=tokenizer), fifo), fifo, "a FIFO (named pipe)")
     _assert_refused(bounded(lambda: ChatGLMConfig.from_file(fifo), fifo), fifo, "a FIFO (named pipe)")
 
 
-def test_tokenizer_config_that_is_a_named_pipe_is_refused(model_dir):
+def test_tokenizer_config_that_is_a_named_pipe_is_refused(model_dir, bounded):
     fifo = _replace_with_fifo(model_dir / "tokenizer_config.json")
     _assert_refused(bounded(lambda: ChatGLMTokenizer.from_dir(model_dir), fifo), fifo, "a FIFO (named pipe)")
     _assert_refused(bounded(lambda: load_model(model_dir), fifo), fifo, "a FIFO (named pipe)")
 
 
-def test_shard_index_that_is_a_named_pipe_is_refused(model_dir, tokenizer):
+def test_shard_index_that_is_a_named_pipe_is_refused(model_dir, tokenizer, bounded):
     fifo = _replace_with_fifo(model_dir / "pytorch_model.bin.index.json")
     _assert_refused(bounded(lambda: find_weight_files(model_dir), fifo), fifo, "a FIFO (named pipe)")
     _assert_refused(bounded(lambda: load_model(model_dir, tokenizer=tokenizer), fifo), fifo, "a FIFO (named pipe)")
 
 
-def test_model_info_refuses_a_config_json_that_is_a_named_pipe(model_dir):
+def test_model_info_refuses_a_config_json_that_is_a_named_pipe(model_dir, bounded):
     fifo = _replace_with_fifo(model_dir / "config.json")
     _assert_refused(bounded(lambda: model_info(model_dir), fifo), fifo, "a FIFO (named pipe)")
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
-def test_config_json_linked_to_an_endless_device_is_refused(model_dir, tokenizer):
+def test_config_json_linked_to_an_endless_device_is_refused(model_dir, tokenizer, bounded):
     config = model_dir / "config.json"
     config.unlink()
     config.symlink_to("/dev/zero")  # reading it would never end
     _assert_refused(bounded(lambda: load_model(model_dir, tokenizer=tokenizer)), config, "a character device")
 
 
-def test_a_directory_in_place_of_config_json_is_refused(model_dir, tokenizer):
+def test_a_directory_in_place_of_config_json_is_refused(model_dir, tokenizer, bounded):
     config = model_dir / "config.json"
     config.unlink()
     config.mkdir()

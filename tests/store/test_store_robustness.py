@@ -12,8 +12,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,32 +102,10 @@ def test_a_failure_that_is_not_damage_never_says_damaged(store_path):
     assert "damaged" not in message and "aside" not in message and "\n" not in message
 
 
-def _bounded(call: Callable[[], object], unblock: Path, timeout: float = 10) -> BaseException | None:
-    """Run `call` in a thread for at most `timeout` s; what it raised. A call stuck opening the FIFO `unblock` is
-    released (a writer appears, then goes) so the suite never hangs, and the test fails."""
-    outcome: list[BaseException | None] = []
-
-    def target() -> None:
-        try:
-            call()
-            outcome.append(None)
-        except BaseException as error:  # noqa: BLE001 (handed to the test to assert on)
-            outcome.append(error)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        os.close(os.open(unblock, os.O_WRONLY | os.O_NONBLOCK))  # EOF for the stuck reader
-        thread.join(timeout)
-        pytest.fail(f"blocked for {timeout} s on the FIFO {unblock}")
-    return outcome[0]
-
-
-def test_a_fifo_as_the_store_file_is_refused_without_hanging(store_path):
+def test_a_fifo_as_the_store_file_is_refused_without_hanging(store_path, bounded):
     store_path.parent.mkdir(parents=True)
     os.mkfifo(store_path)
-    error = _bounded(lambda: SessionStore(store_path), store_path)
+    error = bounded(lambda: SessionStore(store_path), store_path)
     assert isinstance(error, StoreError)
     assert str(error) == (f"cannot open the session store {store_path}: it is a FIFO (named pipe), not a file; "
                           "check the path and its permissions")

@@ -19,8 +19,8 @@ from chatglm_tui.engine.protocol import Engine
 from chatglm_tui.store import StoreError
 from chatglm_tui.tui.chat_session import ChatSession, PendingReply
 from chatglm_tui.tui.clipboard import copy_with_tool, describe_copy, save_copy
-from chatglm_tui.tui.inert_display import inert_label
 from chatglm_tui.tui.code_blocks import code_blocks
+from chatglm_tui.tui.inert_display import inert_label
 from chatglm_tui.tui.screens.conversation_settings import Choice, ConversationSettingsScreen
 from chatglm_tui.tui.screens.modals import ConfirmScreen, PickScreen, TextPromptScreen
 from chatglm_tui.tui.widgets.conversation import Conversation
