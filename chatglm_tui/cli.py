@@ -36,7 +36,8 @@ def root(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="A checkpoint directory or a Hub repo id."),
     quantization: Optional[str] = typer.Option(None, help="int4, int8 or none."),
     dtype: Optional[str] = typer.Option(None, help="auto, float32, bfloat16 or float16."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N or mps."),
+    device: Optional[str] = typer.Option(None, help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, "
+                                                    "cuda:N or mps."),
     theme: Optional[str] = typer.Option(None, help="Colour theme (the choice made in the app is saved)."),
     continue_last: bool = typer.Option(False, "--continue", "-c", help="Open the last conversation."),
     session: Optional[str] = typer.Option(None, "--session", "-s", help="Open this conversation (id, unique id "
@@ -72,7 +73,8 @@ def ask(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="A checkpoint directory or a Hub repo id."),
     quantization: Optional[str] = typer.Option(None, help="int4, int8 or none."),
     dtype: Optional[str] = typer.Option(None, help="auto, float32, bfloat16 or float16."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N or mps."),
+    device: Optional[str] = typer.Option(None, help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, "
+                                                    "cuda:N or mps."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature (0: greedy)."),
     top_p: Optional[float] = typer.Option(None, help="Nucleus sampling mass."),
     top_k: Optional[int] = typer.Option(None, help="Sample among this many best tokens (0: all)."),
@@ -129,9 +131,12 @@ def bench(
     group_size: int = typer.Option(0, help="int4 inputs per scale (0: the default, 128)."),
     model: str = typer.Option("", help="Load this checkpoint directory instead of random weights "
                                        "(measures the real load, through the quantized cache)."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("auto", help="auto (the fast int4/int8 kernels on the CPU, float16 on GPUs), "
-                                           "float32 (the exact path), bfloat16 or float16."),
+    device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", help="auto (the fast int4/int8 kernels on the CPU; on GPUs float16-resident "
+                                           "weights when they fit, else int4-resident), float32 (the exact path), "
+                                           "bfloat16 or float16."),
+    backend: str = typer.Option("auto", help="auto, exact, cpu, cpu-portable, cuda-fp16 or cuda-int4: force one "
+                                             "(auto: chosen from device, dtype and free GPU memory)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
     ui: bool = typer.Option(False, "--ui", help="Measure the chat app instead: keystroke-to-screen latency "
                                                 "while a reply streams, opening a 500-message chat (in a "
@@ -146,8 +151,10 @@ def bench(
         return
     from chatglm_tui.model.bench import format_table, run_bench
 
+    from chatglm_tui import paths
+
     result = run_bench(config, quantization, prompt_tokens, new_tokens, threads or None, group_size or None,
-                       model or None, device, dtype)
+                       model or None, device, dtype, backend, paths.quantized_cache_dir())
     echo(result.to_json() if as_json else format_table(result))
 
 

@@ -40,13 +40,26 @@ def path(ref: Optional[str] = typer.Argument(None, help=_REF_HELP)) -> None:
     echo(str(resolve_model(_ref(ref))))
 
 
+def _backend_plan(directory: object) -> dict[str, str]:
+    """Which backend the configured device, dtype and quantization would run this checkpoint on, and its numerics."""
+    from chatglm_tui.model.chat import plan_load
+    from chatglm_tui.settings import load_settings
+
+    settings = load_settings()[0]
+    quantization = None if settings.quantization == "none" else settings.quantization
+    backend = plan_load(str(directory), quantization, settings.device, settings.dtype)[1]
+    return {"backend": backend.describe(), "numerics": backend.numerics}
+
+
 @app.command("info")
 def info(ref: Optional[str] = typer.Argument(None, help=_REF_HELP),
          as_json: bool = typer.Option(False, "--json", help="One JSON object.")) -> None:
-    """Describe a local model: sizes, layout, quantization, files."""
+    """Describe a local model: sizes, layout, quantization, files, and the backend it would run on here."""
     from chatglm_tui.hub import model_info, resolve_model
 
-    details = model_info(resolve_model(_ref(ref)))
+    directory = resolve_model(_ref(ref))
+    details = model_info(directory)
+    details.update(_backend_plan(directory))
     if as_json:
         echo(inert_json(details, indent=2))
         return

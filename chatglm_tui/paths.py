@@ -21,6 +21,11 @@ def cache_dir() -> Path:
     return home / "cache" if home else platformdirs.user_cache_path(APP_NAME)
 
 
+def quantized_cache_dir() -> Path:
+    """Where the CPU kernels' converted weights are cached, one file per checkpoint and format."""
+    return cache_dir() / "quantized"
+
+
 def data_dir() -> Path:
     """User data: the session store."""
     home = _home()

@@ -44,8 +44,8 @@ class Settings:
     """A local checkpoint directory or a Hugging Face repo id (owner/name)."""
     quantization: str = "int4"
     """Weight quantization to run with: int4, int8 or none."""
-    device: str = "cpu"
-    """The torch device: cpu, cuda, cuda:N or mps."""
+    device: str = "auto"
+    """The torch device: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps."""
     dtype: str = "auto"
     """Compute dtype: auto, float32, bfloat16 or float16 (auto picks per device)."""
     temperature: float = 0.95
@@ -88,7 +88,7 @@ MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes [-2**63, 2**64); the n
 _RULES = {
     "model": "a local checkpoint directory or a Hugging Face repo id (owner/name)",
     "quantization": "one of int4, int8, none",
-    "device": "cpu, cuda, cuda:N or mps",
+    "device": "auto, cpu, cuda, cuda:N or mps",
     "dtype": "one of auto, float32, bfloat16, float16",
     "temperature": f"a number from 0 to {MAX_TEMPERATURE:g} (0 means greedy; otherwise at least {MIN_DIVISOR:g})",
     "top_p": "a number > 0 and <= 1",
@@ -273,7 +273,7 @@ def _is_device(device: str) -> bool:
     kind, _, index = device.partition(":")
     if kind == "cuda" and index:
         return index.isdigit()
-    return kind in ("cpu", "cuda", "mps") and not index and ":" not in device
+    return kind in ("auto", "cpu", "cuda", "mps") and not index and ":" not in device
 
 
 def _convert_keymap(value: object, where: str) -> dict[str, str]:

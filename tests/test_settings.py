@@ -163,7 +163,7 @@ def test_non_utf8_file(tmp_path):
         ("seed = -1", "invalid seed = -1"),
         ('quantization = "int3"', "expected one of int4, int8, none"),
         ('dtype = "fp16"', "expected one of auto, float32, bfloat16, float16"),
-        ('device = "gpu"', "expected cpu, cuda, cuda:N or mps"),
+        ('device = "gpu"', "expected auto, cpu, cuda, cuda:N or mps"),
         ('device = "cuda:x"', 'invalid device = "cuda:x"'),
         ('model = ""', 'invalid model = ""'),
         ("model = 3", "invalid model = 3"),

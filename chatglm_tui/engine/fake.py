@@ -32,7 +32,8 @@ class FakeEngine:
     works before load(), as the real worker's does once its tokenizer is read.
 
     load() sends `load_stages` in order, `load_delay` seconds apart, then waits for `load_gate` (if given;
-    close() releases it too), then ends with LoadProgress("ready", 1, 1), or with LoadFailed(load_error) and
+    close() releases it too), then ends with LoadProgress("ready", 1, 1, backend) (the real worker names the
+    backend that runs, e.g. "cuda: fp16-resident, CUDA graph"), or with LoadFailed(load_error) and
     ChatGLMError(load_error) raised when `load_error` is set. As with the real worker, a request submitted
     while a load is under way waits for it, and none is answered after a failed load.
     """
@@ -40,8 +41,9 @@ class FakeEngine:
     def __init__(self, replies: Sequence[str] = ("Hello from the fake engine.",), chunk_size: int = 4,
                  delay: float = 0.0, window: int = 2048, *, load_stages: Sequence[LoadProgress] = (),
                  load_delay: float = 0.0, load_error: str | None = None,
-                 load_gate: threading.Event | None = None) -> None:
+                 load_gate: threading.Event | None = None, backend: str = "") -> None:
         self.replies = list(replies)
+        self.backend = backend
         self.chunk_size, self.delay, self.window = chunk_size, delay, window
         self.load_stages, self.load_delay = list(load_stages), load_delay
         self.load_error, self.load_gate = load_error, load_gate
@@ -79,7 +81,7 @@ class FakeEngine:
         if self.load_error is not None:
             emit(LoadFailed(self.load_error))
             raise ChatGLMError(self.load_error)
-        emit(LoadProgress("ready", 1, 1))
+        emit(LoadProgress("ready", 1, 1, self.backend))
 
     def submit(self, request: Request, on_event: EventCallback) -> None:
         self.requests.append(request)

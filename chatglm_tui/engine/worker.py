@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from chatglm_tui import hub
+from chatglm_tui import hub, paths
 from chatglm_tui.engine.budget import plan_budget, prompt_text
 from chatglm_tui.engine.protocol import (
     Budget,
@@ -296,12 +296,12 @@ class _DeltaBatcher:
         return GenerationStats(prompt_tokens, self.tokens, first - start, rate, end - start)
 
 
-def model_loader(path: str, quantization: str | None = "int4", device: str = "cpu", dtype: str = "auto") -> Loader:
+def model_loader(path: str, quantization: str | None = "int4", device: str = "auto", dtype: str = "auto") -> Loader:
     """A loader for InferenceWorker that loads a checkpoint directory with load_model()."""
     return lambda report: _load_directory(path, quantization, device, dtype, report)
 
 
-def resolving_loader(ref: str, quantization: str | None = "int4", device: str = "cpu",
+def resolving_loader(ref: str, quantization: str | None = "int4", device: str = "auto",
                      dtype: str = "auto") -> Loader:
     """A loader for a model reference: a checkpoint directory, or a Hugging Face repo id (downloaded if needed).
 
@@ -330,6 +330,7 @@ def _load_directory(path: str, quantization: str | None, device: str, dtype: str
     from chatglm_tui.model.chat import load_model  # torch is imported here, on the worker thread
 
     glm = load_model(path, quantization=quantization, device=device, dtype=dtype, tokenizer=tokenizer,
+                     cache_dir=paths.quantized_cache_dir(),
                      progress=lambda stage, done, total: report(LoadProgress(cast(LoadStage, stage), done, total)))
-    report(LoadProgress("ready", 1, 1))
+    report(LoadProgress("ready", 1, 1, glm.backend.describe()))  # what runs: "cuda: fp16-resident, CUDA graph"
     return glm

@@ -14,19 +14,19 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from chatglm_tui.errors import ChatGLMError
+from chatglm_tui.model.backends import Backend, resolve_device, select_backend
+from chatglm_tui.model.chat import load_model
 from chatglm_tui.model.config import PRESETS, ChatGLMConfig
-from chatglm_tui.model.fast_loading import DEFAULT_INT4_GROUP, QuantScheme, build_fast_model, iter_random_state
-from chatglm_tui.model.generate import position_ids
-from chatglm_tui.model.chat import load_model, resolve_device, resolve_dtype
-from chatglm_tui.model.kv_cache import KVCache
-from chatglm_tui.model.loading import build_empty_model
 from chatglm_tui.model.memory import return_large_frees_to_the_os
-from chatglm_tui.model.modeling import ChatGLMForCausalLM, RotaryEmbedding2D
+from chatglm_tui.model.modeling import ChatGLMForCausalLM
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,8 @@ class BenchResult:
 
     config: str
     source: str  # "random weights" or the checkpoint directory that was loaded
-    quantization: str
+    quantization: str  # the weight format ("int4-g128", "int4-row exact float16", "float16 resident", ...)
+    backend: str  # which backend ran, and how ("cpu: int4-g128 (C kernels, AVX2)", "cuda: fp16-resident, CUDA graph")
     device: str
     threads: int
     prompt_tokens: int
@@ -103,33 +104,40 @@ def _cuda_bandwidth(device: torch.device) -> float:
     return (1 << 30) / min(times)
 
 
-def _scheme(quantization: str, group_size: int | None) -> QuantScheme:
-    if quantization == "int4":
-        return QuantScheme(4, group_size or DEFAULT_INT4_GROUP)
-    if quantization == "int8":
-        return QuantScheme(8, None)
-    raise ChatGLMError(f"bench supports --quantization int4 or int8, not {quantization!r}")
+def iter_random_state(model: ChatGLMForCausalLM, device: torch.device, seed: int = 0) -> Iterator[tuple[str, Tensor]]:
+    """Random weights in the layout `model` was built in (any backend's), made on `device`: no checkpoint and no
+    float copy of the model. Scales are small and equal, so activations stay finite."""
+    on_cpu = device.type == "cpu"
+    generator = torch.Generator(device=device).manual_seed(seed)
+    # Random bytes are slow to draw on the CPU (~0.2 GB/s); windows into one random pool make 3.5 GB in seconds.
+    pool = torch.randint(0, 256, (1 << 24,), dtype=torch.uint8, generator=generator, device=device)
+    for name, tensor in model.state_dict().items():
+        dtype, shape = tensor.dtype, tuple(tensor.shape)
+        if not dtype.is_floating_point:
+            data = torch.empty(torch.Size(shape).numel() * tensor.element_size(), dtype=torch.uint8, device=device)
+            for begin in range(0, data.numel(), pool.numel() // 2):
+                offset = int(torch.randint(0, pool.numel() // 2, (), generator=generator, device=device))
+                chunk = data[begin: begin + pool.numel() // 2]
+                chunk.copy_(pool[offset: offset + chunk.numel()])
+            yield name, data.view(dtype).reshape(shape)
+        elif name.endswith("layernorm.weight"):
+            yield name, torch.ones(shape, dtype=dtype, device=device)
+        elif name.endswith("scales_zeros"):  # tinygemm's (scale, zero) pairs
+            yield name, torch.stack((torch.full(shape[:-1], 0.02 / 7, device=device),
+                                     torch.zeros(shape[:-1], device=device)), dim=-1).to(dtype)
+        elif "scale" in name:
+            yield name, torch.full(shape, 0.02 / 7, dtype=dtype, device=device)
+        elif on_cpu:
+            yield name, (torch.randn(shape, generator=generator) * 0.02).to(dtype)
+        else:
+            yield name, torch.randn(shape, generator=generator, device=device, dtype=dtype).mul_(0.02)
 
 
-def build_random_model(config: ChatGLMConfig, scheme: QuantScheme, seed: int = 0) -> ChatGLMForCausalLM:
-    """A model in the fast layout with random weights, made tensor by tensor in place."""
-    model = build_fast_model(config, scheme)
-    model.load_state_dict(dict(iter_random_state(model, seed)), strict=True, assign=True)
-    model.transformer.rotary = RotaryEmbedding2D(config.head_dim)
-    return model.eval().requires_grad_(False)
-
-
-def build_random_exact_model(config: ChatGLMConfig, bits: int, dtype: torch.dtype,
-                             device: torch.device) -> ChatGLMForCausalLM:
-    """A model in the official per-row layout with random weights (the exact path, and the GPU path)."""
-    model = build_empty_model(dataclasses.replace(config, quantization_bit=bits))
-    state = {}
-    for name, tensor in iter_random_state(model):
-        keep = tensor.dtype == torch.int8 or name.endswith("weight_scale")
-        state[name] = tensor.to(device) if keep else tensor.to(device=device, dtype=dtype)
-    model.load_state_dict(state, strict=True, assign=True)
-    model.transformer.rotary = RotaryEmbedding2D(config.head_dim).to(device)
-    return model.eval().requires_grad_(False)
+def build_random_model(config: ChatGLMConfig, backend: Backend, seed: int = 0) -> ChatGLMForCausalLM:
+    """A model with random weights in `backend`'s own layout, made tensor by tensor in place."""
+    model = backend.build(config)
+    model.load_state_dict(dict(iter_random_state(model, backend.device, seed)), strict=True, assign=True)
+    return backend.finish(model)
 
 
 def _weight_bytes(model: ChatGLMForCausalLM) -> int:
@@ -154,45 +162,55 @@ class _Timings:
     kv_bytes_per_token: int
 
 
-def time_generation(model: ChatGLMForCausalLM, prompt_tokens: int, new_tokens: int) -> _Timings:
+def time_generation(model: ChatGLMForCausalLM, backend: Backend, prompt_tokens: int, new_tokens: int) -> _Timings:
     """Prefill a random prompt, then decode greedily (never stopping early); time each part."""
     config, device = model.config, model.device
     prompt = _random_prompt(prompt_tokens, config, torch.Generator().manual_seed(0))
-    ctx, mask_pos = len(prompt) - 1, len(prompt) - 2
-    cache = KVCache(config.num_layers, 1, config.num_attention_heads, prompt_tokens + new_tokens,
-                    config.head_dim, model.kv_cache_dtype or model.dtype, device)
+    session = backend.session(model, prompt_tokens + new_tokens)
     steps: list[float] = []
     with torch.inference_mode():
+        if device.type == "cuda":  # a process's first CUDA pass loads its kernels (~0.25 s): not the model's speed
+            session.prefill(prompt)
+            _sync(device)
         start = time.perf_counter()
-        pos = position_ids(0, len(prompt), ctx, mask_pos, device)
-        logits = model(torch.tensor([prompt], device=device), pos, ctx, cache, 0, last_only=True)
+        logits = session.prefill(prompt)
         _sync(device)
         prefill_s = time.perf_counter() - start
-        token = int(logits[0, -1, : config.eos_token_id].argmax())  # never <eop>: decode runs its full length
+        token = int(logits[0, : config.eos_token_id].argmax())  # never <eop>: decode runs its full length
         ttft_s = time.perf_counter() - start
         for index in range(len(prompt), len(prompt) + new_tokens - 1):
             t0 = time.perf_counter()
-            pos = position_ids(index, index + 1, ctx, mask_pos, device)
-            logits = model(torch.tensor([[token]], device=device), pos, ctx, cache, index, last_only=True)
-            token = int(logits[0, -1, : config.eos_token_id].argmax())  # reading it waits for the GPU
+            logits = session.step(token, index)
+            token = int(logits[0, : config.eos_token_id].argmax())  # reading it waits for the GPU
             steps.append(time.perf_counter() - t0)
-    kv_bytes = 2 * config.num_layers * config.hidden_size * cache.keys.element_size()
+    kv_bytes = 2 * config.num_layers * config.hidden_size * session.cache.keys.element_size()
     return _Timings(prefill_s, ttft_s, steps, kv_bytes)
 
 
+def _bits(quantization: str) -> int:
+    if quantization not in ("int4", "int8"):
+        raise ChatGLMError(f"bench supports --quantization int4 or int8, not {quantization!r}")
+    return 4 if quantization == "int4" else 8
+
+
 def _build(config: ChatGLMConfig, quantization: str, group_size: int | None, device: torch.device,
-           dtype: str, model_path: str | None) -> ChatGLMForCausalLM:
+           dtype: str, model_path: str | None, backend: str | None,
+           cache_dir: Path | None) -> tuple[ChatGLMForCausalLM, Backend]:
     if model_path:
-        return load_model(model_path, quantization=quantization, device=device, dtype=dtype).model
-    scheme = _scheme(quantization, group_size)
-    if device.type == "cpu" and dtype == "auto":
-        return build_random_model(config, scheme)
-    return build_random_exact_model(config, scheme.bits, resolve_dtype(dtype, device), device)
+        glm = load_model(model_path, quantization=quantization, device=device, dtype=dtype, backend=backend,
+                         cache_dir=cache_dir)
+        return glm.model, glm.backend
+    bits = _bits(quantization)
+    chosen = select_backend(device, dtype, config, bits, backend=backend)
+    if group_size is not None and hasattr(chosen, "scheme"):
+        chosen.scheme = dataclasses.replace(chosen.scheme, group_size=group_size)
+    return build_random_model(config, chosen), chosen
 
 
 def run_bench(config_name: str = "6b", quantization: str = "int4", prompt_tokens: int = 512,
               new_tokens: int = 128, threads: int | None = None, group_size: int | None = None,
-              model_path: str | None = None, device: str = "cpu", dtype: str = "auto") -> BenchResult:
+              model_path: str | None = None, device: str = "auto", dtype: str = "auto",
+              backend: str | None = None, cache_dir: Path | None = None) -> BenchResult:
     """Build (or load `model_path`), prefill, decode; return the measurements."""
     if config_name not in PRESETS:
         raise ChatGLMError(f"unknown config {config_name!r}: use one of {', '.join(PRESETS)}")
@@ -205,18 +223,21 @@ def run_bench(config_name: str = "6b", quantization: str = "int4", prompt_tokens
     torch.set_num_threads(threads)
     resolved = resolve_device(device)
     bandwidth = measure_bandwidth(threads, resolved)
+    if resolved.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(resolved)
     start = time.perf_counter()
-    model = _build(config, quantization, group_size, resolved, dtype, model_path)
+    model, chosen = _build(config, quantization, group_size, resolved, dtype, model_path, backend, cache_dir)
     _sync(resolved)
     load_s = time.perf_counter() - start
-    timings = time_generation(model, prompt_tokens, new_tokens)
+    timings = time_generation(model, chosen, prompt_tokens, new_tokens)
     steps, weights = timings.steps, _weight_bytes(model)
     # Per decoded token every weight is read once (the embedding is the tied LM head) plus the KV cache at the
     # mean context length of the decode phase.
     per_token = weights + timings.kv_bytes_per_token * (prompt_tokens + new_tokens // 2)
     return BenchResult(
         config=config_name if not model_path else "checkpoint", source=model_path or "random weights",
-        quantization=_describe(model), device=str(resolved), threads=threads, prompt_tokens=prompt_tokens,
+        quantization=chosen.weights_label, backend=chosen.describe(), device=str(resolved), threads=threads,
+        prompt_tokens=prompt_tokens,
         new_tokens=new_tokens, load_s=load_s, prefill_s=timings.prefill_s,
         prefill_tokens_per_s=prompt_tokens / timings.prefill_s, time_to_first_token_s=timings.ttft_s,
         decode_s=sum(steps), decode_tokens_per_s=len(steps) / sum(steps) if steps else 0.0,
@@ -228,24 +249,12 @@ def run_bench(config_name: str = "6b", quantization: str = "int4", prompt_tokens
     )
 
 
-def _describe(model: ChatGLMForCausalLM) -> str:
-    from chatglm_tui.model.quantize import QuantizedLinear
-    from chatglm_tui.model.quantized_layers import Int4Linear, Int8Linear
-
-    layer = model.transformer.layers[0].mlp.dense_4h_to_h  # the widest input: groups never capped
-    if isinstance(layer, Int4Linear):
-        return "int4-" + ("row" if layer.group_size == layer.in_features else f"g{layer.group_size}")
-    if isinstance(layer, Int8Linear):
-        return "int8-row"
-    dtype = str(model.dtype).removeprefix("torch.")
-    return f"int{layer.bits}-row exact {dtype}" if isinstance(layer, QuantizedLinear) else dtype
-
-
 def format_table(result: BenchResult) -> str:
     """The human-readable report (stable layout)."""
     gb = 1e9
     lines = [
         f"chatglm bench: config {result.config}, {result.quantization}, {result.device}, {result.threads} threads",
+        f"  backend                  {result.backend}",
         f"  load ({result.source})".ljust(27) + f"{result.load_s:8.2f} s     weights {result.weight_bytes / gb:.2f} GB",
         f"  prefill {result.prompt_tokens:5d} tokens     {result.prefill_s:8.2f} s     "
         f"{result.prefill_tokens_per_s:7.2f} tokens/s",

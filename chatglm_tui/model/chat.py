@@ -8,48 +8,27 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from chatglm_tui.errors import CheckpointError, DeviceError
-from chatglm_tui.model.config import ChatGLMConfig
-from chatglm_tui.model.fast_loading import choose_scheme, load_fast, supports_fast_path
+from chatglm_tui.errors import CheckpointError
+from chatglm_tui.model.backends import Backend, resolve_device, select_backend
+from chatglm_tui.model.checkpoint import Checkpoint
 from chatglm_tui.model.generate import TokenGenerator, full_logits
-from chatglm_tui.model.loading import Progress, checkpoint_directory, load_checkpoint
+from chatglm_tui.model.loading import Progress, load
 from chatglm_tui.model.modeling import ChatGLMForCausalLM, LayerCallback
 from chatglm_tui.model.prompt import HALF_WIDTH_PUNCTUATION, PENDING_PATTERNS, Round, build_prompt, process_response
 from chatglm_tui.model.sampling import GenerationParams
 from chatglm_tui.model.tokenizer import CLEAN_UP_PATTERNS, ChatGLMTokenizer, IncrementalDecoder
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZATIONS = ("int4", "int8")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """A usable torch.device, or a DeviceError saying why not."""
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise DeviceError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("device 'cuda' was asked for but no CUDA GPU is available: use --device cpu")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError("device 'mps' was asked for but Metal is not available: use --device cpu")
-    return resolved
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """'auto' is float32 on the CPU (exact, and the fastest there) and float16 on GPUs (the official numerics)."""
-    if dtype == "auto":
-        return torch.float32 if device.type == "cpu" else torch.float16
-    if dtype not in _DTYPES:
-        raise DeviceError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
-    return _DTYPES[dtype]
 
 
 class ChatGLM:
     """A loaded ChatGLM-6B: tokenizer, model and the original `chat()` behaviour."""
 
-    def __init__(self, model: ChatGLMForCausalLM, tokenizer: ChatGLMTokenizer, path: Path | None = None) -> None:
+    def __init__(self, model: ChatGLMForCausalLM, tokenizer: ChatGLMTokenizer, backend: Backend,
+                 path: Path | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.backend = backend
         self.config = model.config
         self.path = path
 
@@ -82,7 +61,8 @@ class ChatGLM:
     def generate_ids(self, prompt_ids: Sequence[int], params: GenerationParams,
                      on_prefill_layer: LayerCallback | None = None) -> TokenGenerator:
         """An iterator over the reply's token ids (see TokenGenerator)."""
-        return TokenGenerator(self.model, prompt_ids, params, self.tokenizer.num_pieces, on_prefill_layer)
+        return TokenGenerator(self.model, lambda capacity: self.backend.session(self.model, capacity), prompt_ids,
+                              params, self.tokenizer.num_pieces, on_prefill_layer)
 
     def response_decoder(self) -> IncrementalDecoder:
         """An incremental decoder producing the post-processed reply as append-only deltas."""
@@ -106,47 +86,43 @@ class ChatGLM:
         return "".join(self.stream_chat(query, history, **sampling))
 
 
-def _wants_fast_path(directory: Path, bits: int, dtype: str, device: torch.device) -> bool:
-    """The CPU kernels serve quantized weights when no exact dtype was asked for and the sizes fit them."""
-    if dtype != "auto" or device.type != "cpu":
-        return False
-    config = ChatGLMConfig.from_file(directory / "config.json")
-    if not (bits or config.quantization_bit):
-        return False
-    return supports_fast_path(config, choose_scheme(config, bits))
+def plan_load(path: str | Path, quantization: str | None = None, device: str | torch.device = "auto",
+              dtype: str = "auto", backend: str | None = None) -> tuple[Checkpoint, Backend]:
+    """The checkpoint and the backend `load_model` would run it on, without reading any weights."""
+    if quantization not in (None, "none", *QUANTIZATIONS):
+        raise CheckpointError(f"unknown quantization {quantization!r}: use int4, int8 or none")
+    resolved_device = resolve_device(device)
+    checkpoint = Checkpoint.open(path)
+    bits = {"int4": 4, "int8": 8}.get(quantization or "none", 0)
+    return checkpoint, select_backend(resolved_device, dtype, checkpoint.config, bits, backend=backend)
 
 
-def load_model(path: str | Path, quantization: str | None = None, device: str | torch.device = "cpu",
+def load_model(path: str | Path, quantization: str | None = None, device: str | torch.device = "auto",
                dtype: str = "auto", progress: Progress | None = None,
-               tokenizer: ChatGLMTokenizer | None = None) -> ChatGLM:
+               tokenizer: ChatGLMTokenizer | None = None, backend: str | None = None,
+               cache_dir: Path | None = None) -> ChatGLM:
     """Load a ChatGLM-6B checkpoint directory (fp16, -int4 or -int8 layouts; .bin or .safetensors).
 
     Args:
         path: the checkpoint directory (config.json, ice_text.model and the weights).
         quantization: None keeps the weights as stored; "int4" or "int8" quantizes an fp16 checkpoint's
             linear layers while loading.
-        device: "cpu", "cuda", "cuda:N" or "mps".
-        dtype: "auto", "float32", "bfloat16" or "float16": the compute dtype. "float32" is exact (quantized
-            weights are dequantized exactly, as the original does). "auto" on the CPU with quantized weights
-            runs the fast int4/int8 kernels (through a quantized cache file); otherwise it is float32 on the
-            CPU and float16 on GPUs.
+        device: "auto" (a CUDA GPU when there is one, else the CPU), "cpu", "cuda", "cuda:N" or "mps".
+        dtype: "auto", "float32", "bfloat16" or "float16". "float32" is exact (quantized weights are
+            dequantized exactly, as the original does). "auto" on the CPU with quantized weights runs the fast
+            int4/int8 kernels, on a GPU float16-resident weights when they fit and int4-resident when not; see
+            `select_backend`, which makes the choice.
         progress: called as progress(stage, done, total) while loading; stage is "read" (weight files, or
-            the quantized cache) or "quantize" (tensors converted into the cache, on a first fast load).
+            the converted-weights cache) or "quantize" (tensors converted into the CPU kernels' format).
         tokenizer: the directory's tokenizer, when the caller has read it already (the engine reads it first,
             to count tokens while the weights load); read from `path` when None.
+        backend: force a backend ("exact", "cpu", "cpu-portable", "cuda-fp16", "cuda-int4"); None chooses.
+        cache_dir: where the CPU kernels' converted weights are cached (None: converted in memory each load).
     Raises:
         CheckpointError, DeviceError: with a message that says what to do.
     """
-    if quantization not in (None, "none", *QUANTIZATIONS):
-        raise CheckpointError(f"unknown quantization {quantization!r}: use int4, int8 or none")
-    resolved_device = resolve_device(device)
-    compute_dtype = resolve_dtype(dtype, resolved_device)
-    directory = checkpoint_directory(path)
-    bits = {"int4": 4, "int8": 8}.get(quantization or "none", 0)
+    checkpoint, chosen = plan_load(path, quantization, device, dtype, backend)
     if tokenizer is None:
-        tokenizer = ChatGLMTokenizer.from_dir(directory)
-    if _wants_fast_path(directory, bits, dtype, resolved_device):
-        model = load_fast(directory, bits, progress=progress)
-    else:
-        model = load_checkpoint(directory, compute_dtype, resolved_device, quantize_bits=bits, progress=progress)
-    return ChatGLM(model, tokenizer, directory)
+        tokenizer = ChatGLMTokenizer.from_dir(checkpoint.directory)
+    model = load(checkpoint, chosen, cache_dir=cache_dir, progress=progress)
+    return ChatGLM(model, tokenizer, chosen, checkpoint.directory)

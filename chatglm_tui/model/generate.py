@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -54,6 +54,36 @@ def full_logits(model: ChatGLMForCausalLM, ids: Sequence[int]) -> Tensor:
         return model(input_ids, pos, context_length)[0]
 
 
+class DecodeSession:
+    """Runs the forward passes of one reply, eagerly: the prompt at once, then one token at a time.
+
+    Backends that run the decode step differently (a captured CUDA graph) subclass it; the results are the same.
+    """
+
+    def __init__(self, model: ChatGLMForCausalLM, cache: KVCache) -> None:
+        self.model, self.cache = model, cache
+        self.context_length = self.mask_position = 0
+
+    def prefill(self, prompt_ids: Sequence[int], on_layer: LayerCallback | None = None) -> Tensor:
+        """Logits (1, V) float32 after the prompt; its keys and values go into the cache."""
+        self.context_length, self.mask_position = prompt_layout(prompt_ids, self.model)
+        device = self.model.device
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+        pos = position_ids(0, len(prompt_ids), self.context_length, self.mask_position, device)
+        return self.model(ids, pos, self.context_length, self.cache, 0, last_only=True, on_layer=on_layer)[:, -1]
+
+    def step(self, token: int, index: int) -> Tensor:
+        """Logits (1, V) float32 after `token`, which sits at absolute position `index` (after the prompt)."""
+        device = self.model.device
+        pos = position_ids(index, index + 1, self.context_length, self.mask_position, device)
+        ids = torch.tensor([[token]], dtype=torch.long, device=device)
+        return self.model(ids, pos, self.context_length, self.cache, index, last_only=True)[:, -1]
+
+
+# capacity (prompt + reply tokens) -> the session of one reply
+SessionFactory = Callable[[int], DecodeSession]
+
+
 class TokenGenerator:
     """Iterates over the ids of a reply; `finish_reason` tells why it ended ("eos" or "length").
 
@@ -61,9 +91,9 @@ class TokenGenerator:
     iterator early (a cancel) simply stops; the cache is freed with the object.
     """
 
-    def __init__(self, model: ChatGLMForCausalLM, prompt_ids: Sequence[int], params: GenerationParams,
-                 num_pieces: int, on_prefill_layer: LayerCallback | None = None) -> None:
-        self.model, self.params = model, params
+    def __init__(self, model: ChatGLMForCausalLM, open_session: SessionFactory, prompt_ids: Sequence[int],
+                 params: GenerationParams, num_pieces: int, on_prefill_layer: LayerCallback | None = None) -> None:
+        self.model, self.open_session, self.params = model, open_session, params
         self.prompt_ids = list(prompt_ids)
         window = model.config.max_sequence_length
         room = window - len(self.prompt_ids)
@@ -79,18 +109,14 @@ class TokenGenerator:
         self.generated: list[int] = []
 
     def __iter__(self) -> Iterator[int]:
-        model, config = self.model, self.model.config
-        device = model.device
-        context_length, mask_position = prompt_layout(self.prompt_ids, model)
+        config, device = self.model.config, self.model.device
         length = len(self.prompt_ids)
-        cache = KVCache(config.num_layers, 1, config.num_attention_heads, length + self.max_new_tokens,
-                        config.head_dim, model.kv_cache_dtype or model.dtype, device)
+        session = self.open_session(length + self.max_new_tokens)
         all_ids = torch.tensor([self.prompt_ids], dtype=torch.long, device=device)
         with torch.inference_mode():
-            pos = position_ids(0, length, context_length, mask_position, device)
-            logits = model(all_ids, pos, context_length, cache, 0, last_only=True, on_layer=self.on_prefill_layer)
+            logits = session.prefill(self.prompt_ids, self.on_prefill_layer)
             while True:
-                token = self.sampler(all_ids, logits[:, -1])
+                token = self.sampler(all_ids, logits)
                 if token == config.eos_token_id:
                     self.finish_reason = "eos"
                     return
@@ -101,5 +127,4 @@ class TokenGenerator:
                     return
                 index = all_ids.shape[1]
                 all_ids = torch.cat((all_ids, torch.tensor([[token]], device=device)), dim=1)
-                pos = position_ids(index, index + 1, context_length, mask_position, device)
-                logits = model(all_ids[:, -1:], pos, context_length, cache, index, last_only=True)
+                logits = session.step(token, index)

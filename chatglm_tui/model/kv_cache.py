@@ -6,15 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from chatglm_tui.model.kernels.attention import decode_attention
-
 
 class KVCache(nn.Module):
     """Keys (after rotary) and values of every layer, (layers, B, H, capacity, D) each.
 
     Sized once per request for prompt + reply, so memory follows the conversation rather than the 2048-token
-    maximum, and decoding never reallocates. The cache may be stored in a narrower dtype than the compute
-    (float16 for a float32 model on the CPU halves its memory); `attention` then reads it accordingly.
+    maximum, and decoding never reallocates. Backends with their own storage or decode attention subclass it
+    (the CPU kernels keep float16 keys for a float32 model; the CUDA graph attends over a fixed window).
     """
 
     def __init__(self, num_layers: int, batch: int, num_heads: int, capacity: int, head_dim: int,
@@ -38,10 +36,4 @@ class KVCache(nn.Module):
     def attention(self, layer: int, start: int, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """Store k, v (B, H, T, D) of the new tokens and return their attention output (B, H, T, D)."""
         keys, values = self.update(layer, start, k, v)
-        if keys.dtype == q.dtype:
-            return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        if start == 0:  # a fresh prompt: attend to the exact new keys, not their rounded copies
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        if q.shape[2] == 1 and q.shape[0] == 1:
-            return decode_attention(q, keys, values).to(q.dtype)
-        return F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)

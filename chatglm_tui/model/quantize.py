@@ -8,6 +8,7 @@ INT4 weights two per byte as int8 [out, in/2], the even input index in the high 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,41 @@ from torch import Tensor, nn
 
 # The projections the official checkpoints quantize, as attribute paths inside a GLMBlock.
 QUANTIZED_LINEARS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
+DEFAULT_INT4_GROUP = 128  # chosen by measured logit error and speed: see README "Performance"
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """How the block linears are stored: `bits` 4 or 8, `group_size` inputs per scale (None: one per row)."""
+
+    bits: int
+    group_size: int | None = None
+
+    @property
+    def tag(self) -> str:
+        return f"int{self.bits}-" + (f"g{self.group_size}" if self.group_size else "row")
+
+    def group_for(self, in_features: int) -> int:
+        """Inputs per scale for a weight with `in_features` inputs (a group never exceeds the row)."""
+        return min(self.group_size or in_features, in_features)
+
+
+def choose_scheme(stored_bits: int, bits: int, group_size: int | None = None) -> QuantScheme:
+    """The scheme for a checkpoint: what it stores if it is quantized, else `bits` with our default groups."""
+    if stored_bits:
+        return QuantScheme(stored_bits, None)
+    if bits == 4:
+        return QuantScheme(4, group_size or DEFAULT_INT4_GROUP)
+    return QuantScheme(8, None)
+
+
+def quantize_in_slices(rows: int, quantize: Callable[[slice], tuple[Tensor, Tensor]],
+                       size: int = 1024) -> tuple[Tensor, Tensor]:
+    """Quantize a weight of `rows` rows a slice at a time (`quantize(rows_slice)` -> values, scales): its float32
+    temporaries then stay small, which keeps quantize-on-load of the 130528-row embedding from needing
+    gigabytes. Rows are independent, so the result is the same as in one go."""
+    parts = [quantize(slice(i, min(i + size, rows))) for i in range(0, rows, size)]
+    return torch.cat([q for q, _ in parts]), torch.cat([s for _, s in parts])
 
 
 def unpack_int4_rows(packed: Tensor) -> Tensor:
@@ -86,6 +122,11 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("weight", torch.empty(out_features, stored, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.empty(out_features))
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
+
+    def to_float32_scale(self) -> QuantizedLinear:
+        """Keep the scales float32 after the module was cast to a narrower compute dtype (returns self)."""
+        self.weight_scale = self.weight_scale.float()
+        return self
 
     def dequantized_weight(self, dtype: torch.dtype) -> Tensor:
         """The float weight [out, in]: exactly `q * scale` computed in float32, then cast to `dtype`."""

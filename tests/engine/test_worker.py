@@ -217,7 +217,8 @@ def test_resolving_loader_loads_a_directory_with_the_tokenizer_first(fixture_dir
     assert timeline[0] == LoadProgress("read", 0, 1, f"loading {fixture_dir / 'int4'}")
     assert timeline[1] == ("tokenizer", glm.tokenizer)  # handed over before any weights, and not read twice
     assert all(isinstance(e, LoadProgress) and e.stage == "read" for e in timeline[2:-1])
-    assert timeline[-1] == LoadProgress("ready", 1, 1) and len(timeline) > 3
+    ready = LoadProgress("ready", 1, 1, "exact: float32, int4-row weights dequantized per call")  # what runs
+    assert timeline[-1] == ready and len(timeline) > 3
 
 
 def test_resolving_loader_reports_the_download(fixture_dir, monkeypatch):

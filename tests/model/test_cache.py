@@ -55,20 +55,19 @@ def test_float16_cache_with_the_decode_kernel_matches_float32_attention():
         torch.testing.assert_close(attention.decode_attention(q, keys, values), expected, atol=1e-5, rtol=1e-4)
 
 
-def test_fast_model_cached_decoding_equals_full_forward(fixture_dir, tmp_path, monkeypatch):
+def test_fast_model_cached_decoding_equals_full_forward(fixture_dir):
     from chatglm_tui.model import load_model
 
-    monkeypatch.setenv("CHATGLM_HOME", str(tmp_path))
-    glm = load_model(fixture_dir / "int4")  # int4 kernels, float16 KV cache
-    if glm.model.kv_cache_dtype != torch.float16:
+    glm = load_model(fixture_dir / "int4", device="cpu")  # int4 kernels, float16 KV cache
+    if glm.backend.name != "cpu":
         pytest.skip("the fixture's sizes do not fit the fast kernels")
     prompt = glm.tokenizer.encode("你好，请介绍一下你自己")
     continuation = [82771, 85182, 104115, 5, 6]
     full = glm.logits(prompt + continuation)
     model, config = glm.model, glm.config
     context_length, mask_position = prompt_layout(prompt, model)
-    cache = KVCache(config.num_layers, 1, config.num_attention_heads, len(prompt) + len(continuation),
-                    config.head_dim, torch.float16, "cpu")
+    cache = glm.backend.kv_cache(config, len(prompt) + len(continuation))
+    assert cache.keys.dtype == torch.float16
     cpu = torch.device("cpu")
     with torch.inference_mode():
         steps = [model(torch.tensor([prompt]), position_ids(0, len(prompt), context_length, mask_position, cpu),

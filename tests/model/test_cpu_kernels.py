@@ -22,7 +22,6 @@ fast_only = pytest.mark.skipif(
 def path(request, monkeypatch):
     if request.param == "fast" and not cpu.is_available():
         pytest.skip("C extension not built or CPU lacks AVX2/FMA/F16C")
-    monkeypatch.setattr(cpu, "FORCE_FALLBACK", request.param == "fallback")
     return request.param
 
 
@@ -60,9 +59,10 @@ def test_dequantize_exact(path: str, n: int, k: int, g: int) -> None:
     q, scales = _int4(n, k, g)
     w = cpu.pack_int4(q, scales, g)
     ref = _dequant_ref(q, scales, g)
-    assert torch.equal(cpu.dequantize_int4(w), ref)
+    portable = path == "fallback"
+    assert torch.equal(cpu.dequantize_int4(w, portable=portable), ref)
     out = torch.full((n, k), float("nan"))
-    assert cpu.dequantize_int4(w, out) is out and torch.equal(out, ref)
+    assert cpu.dequantize_int4(w, out, portable) is out and torch.equal(out, ref)
 
 
 @pytest.mark.parametrize("m", [1, 3, 17, 100])
@@ -74,8 +74,8 @@ def test_int4_linear_matches_dequant(path: str, m: int, g: int) -> None:
     gen = torch.Generator().manual_seed(100 + m)
     x, bias = torch.randn(m, k, generator=gen), torch.randn(n, generator=gen)
     ref = F.linear(x, _dequant_ref(q, scales, g), bias)
-    _check_close(cpu.int4_linear(x, w, bias), ref, path)
-    _check_close(cpu.int4_linear(x, w), ref - bias, path)
+    _check_close(cpu.int4_linear(x, w, bias, path == "fallback"), ref, path)
+    _check_close(cpu.int4_linear(x, w, portable=path == "fallback"), ref - bias, path)
 
 
 def test_int4_linear_segmented_and_batched_shape(path: str) -> None:
@@ -83,20 +83,19 @@ def test_int4_linear_segmented_and_batched_shape(path: str) -> None:
     q, scales = _int4(n, k, g)
     w = cpu.pack_int4(q, scales, g)
     x = torch.randn(2, 3, k, generator=torch.Generator().manual_seed(1))
-    y = cpu.int4_linear(x, w)
+    y = cpu.int4_linear(x, w, portable=path == "fallback")
     assert y.shape == (2, 3, n) and y.dtype == torch.float32
     _check_close(y.reshape(-1, n), F.linear(x.reshape(-1, k), _dequant_ref(q, scales, g)), path)
 
 
 @fast_only
 @pytest.mark.parametrize("m", [1, 40])
-def test_fast_and_fallback_agree(monkeypatch, m: int) -> None:
+def test_fast_and_fallback_agree(m: int) -> None:
     q, scales = _int4(20, 256, 128)
     w = cpu.pack_int4(q, scales, 128)
     x = torch.randn(m, 256, generator=torch.Generator().manual_seed(2))
     fast = cpu.int4_linear(x, w)
-    monkeypatch.setattr(cpu, "FORCE_FALLBACK", True)
-    slow = cpu.int4_linear(x, w)
+    slow = cpu.int4_linear(x, w, portable=True)
     _check_close(fast, slow, "fast")
 
 
@@ -118,12 +117,13 @@ def test_int8_linear_matches_dequant(path: str, m: int) -> None:
     scales = torch.rand(n, generator=gen) * 0.01
     x, bias = torch.randn(m, k, generator=gen), torch.randn(n, generator=gen)
     w = cpu.pack_int8(q, scales)
-    _check_close(cpu.int8_linear(x, w, bias), F.linear(x, q.float() * scales[:, None], bias), path)
+    _check_close(cpu.int8_linear(x, w, bias, path == "fallback"), F.linear(x, q.float() * scales[:, None], bias), path)
 
 
 def test_zero_activations(path: str) -> None:
     q, scales = _int4(8, 128, 64)
-    assert torch.count_nonzero(cpu.int4_linear(torch.zeros(2, 128), cpu.pack_int4(q, scales, 64))) == 0
+    w = cpu.pack_int4(q, scales, 64)
+    assert torch.count_nonzero(cpu.int4_linear(torch.zeros(2, 128), w, portable=path == "fallback")) == 0
 
 
 @pytest.mark.parametrize(

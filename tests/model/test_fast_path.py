@@ -9,15 +9,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from chatglm_tui.model import fast_loading, load_model
+from chatglm_tui import paths
+from chatglm_tui.model import load_model as load_uncached
+from chatglm_tui.model import loading
 from chatglm_tui.model.kernels import cpu as kernels
 from chatglm_tui.model.quantize import QuantizedLinear, quantize_groups
-from chatglm_tui.model.quantized_layers import Int4Linear, Int8Embedding, Int8Linear
+from chatglm_tui.model.backends.cpu import Int4Linear, Int8Embedding, Int8Linear
 
 # The fast path adds int8 activations (in the integer GEMV) and an int8 LM head to the int4 weights; on the shared
 # tiny random model, whose logits are all close together, that moves the top logits by about 2% of their size.
 # A layout bug moves them by ~100%; the bound leaves room for other random fixtures.
 FAST_PATH_TOLERANCE = 0.10
+
+
+def load_model(*args, **kwargs):
+    """Load as the app does: through the converted-weights cache under $CHATGLM_HOME (set by cache_home)."""
+    return load_uncached(*args, cache_dir=paths.quantized_cache_dir(), **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +109,7 @@ def test_cache_is_written_once_then_memory_mapped(fixture_dir, cache_home, monke
     first = load_model(fixture_dir / "fp16", quantization="int4")
     files = _cache_files(cache_home)
     assert len(files) == 1 and "int4-g128" in files[0].name
-    monkeypatch.setattr(fast_loading, "_convert", lambda *a: pytest.fail("the cache should have been used"))
+    monkeypatch.setattr(loading, "convert", lambda *a, **k: pytest.fail("the cache should have been used"))
     second = load_model(fixture_dir / "fp16", quantization="int4")
     ids = first.tokenizer.encode("你好")
     assert torch.equal(first.logits(ids), second.logits(ids))
@@ -149,7 +156,7 @@ def test_pure_pytorch_fallback_gives_the_same_layers(fixture_dir, monkeypatch):
     x = torch.randn(3, glm.config.hidden_size)
     layer = next(iter(_linears(glm, Int4Linear).values()))
     exact = torch.nn.functional.linear(x, kernels.dequantize_int4(layer.packed()), layer.bias)
-    monkeypatch.setattr(kernels, "FORCE_FALLBACK", True)
+    layer.portable = True
     torch.testing.assert_close(layer(x), exact)
 
 

@@ -12,7 +12,7 @@ from chatglm_tui.errors import CheckpointError
 from chatglm_tui.hub import model_info
 from chatglm_tui.model import load_model
 from chatglm_tui.model.config import ChatGLMConfig
-from chatglm_tui.model.loading import find_weight_files
+from chatglm_tui.model.checkpoint import find_weight_files
 from chatglm_tui.model.tokenizer import ChatGLMTokenizer
 from chatglm_tui.regular_files import MAX_JSON_BYTES, read_checkpoint_json
 

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from chatglm_tui.errors import CheckpointError
 from chatglm_tui.model import load_model
-from chatglm_tui.model.loading import find_weight_files, read_weight_file
+from chatglm_tui.model.checkpoint import find_weight_files, read_weight_file
 
 
 def _copy(src: Path, dst: Path) -> Path:

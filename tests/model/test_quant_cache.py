@@ -14,11 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from chatglm_tui.model import fast_loading, load_model
+from chatglm_tui import paths
+from chatglm_tui.model import load_model as load_uncached
+from chatglm_tui.model import loading
 from chatglm_tui.model.kernels import cpu as kernels
 from chatglm_tui.model.quant_cache import CacheMiss, partial_name, read_cache
 
 IDS = [5, 74874, 130001, 130004]
+
+
+def load_model(*args, **kwargs):
+    """Load as the app does: through the converted-weights cache under $CHATGLM_HOME (set by cache_home)."""
+    return load_uncached(*args, cache_dir=paths.quantized_cache_dir(), **kwargs)
 
 
 @pytest.fixture
@@ -34,13 +41,13 @@ def cache_home(tmp_path, monkeypatch, fixture_dir) -> Path:
 def built(fixture_dir, cache_home, tokenizer, monkeypatch) -> dict:
     """Load the official int4 checkpoint once (writing its cache); record what the loader asks read_cache for."""
     calls: list[tuple] = []
-    real = fast_loading.read_cache
+    real = loading.read_cache
 
     def spy(path, metadata, specs):
         calls.append((path, metadata, specs))
         return real(path, metadata, specs)
 
-    monkeypatch.setattr(fast_loading, "read_cache", spy)
+    monkeypatch.setattr(loading, "read_cache", spy)
     glm = load_model(fixture_dir / "int4", tokenizer=tokenizer)
     path, metadata, specs = calls[-1]
     assert path.is_file()
@@ -110,7 +117,7 @@ def _assert_rebuilt_and_used(built: dict, monkeypatch) -> None:
     """The file is valid again: the next load reads it without converting anything, with the same logits."""
     read_cache(built["path"], built["metadata"], built["specs"])
     with monkeypatch.context() as patch:
-        patch.setattr(fast_loading, "_convert", lambda *a, **k: pytest.fail("the rebuilt cache was not used"))
+        patch.setattr(loading, "convert", lambda *a, **k: pytest.fail("the rebuilt cache was not used"))
         assert torch.equal(built["load"]().logits(IDS), built["logits"])
 
 
@@ -120,7 +127,7 @@ def test_a_wrong_header_means_rebuild_never_failure(built, name, monkeypatch, ca
     path.write_bytes(_damage(built["bytes"], DAMAGES[name]))
     with pytest.raises(CacheMiss):
         read_cache(path, built["metadata"], built["specs"])
-    with caplog.at_level(logging.INFO, logger=fast_loading.__name__):
+    with caplog.at_level(logging.INFO, logger=loading.__name__):
         glm = built["load"]()
     assert torch.equal(glm.logits(IDS), built["logits"])
     assert any(str(path) in record.getMessage() for record in caplog.records)  # a message names the file

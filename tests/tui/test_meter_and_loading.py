@@ -160,6 +160,15 @@ async def test_while_the_model_loads_progress_shows_and_saved_chats_can_be_brows
         gate.set()
 
 
+async def test_once_loaded_the_status_bar_names_the_backend_that_runs(build, ui):
+    app = build(FakeEngine(backend="cuda: fp16-resident, CUDA graph"))
+    async with app.run_test(size=SIZE) as pilot:
+        await ui.ready(pilot)
+        model = str(app.chat_screen.query_one("#status-model", Static).render())
+        assert "cuda: fp16-resident, CUDA graph" in model and "auto" not in model  # the settings replaced
+        assert _status(app) == "● ready"
+
+
 async def test_a_question_sent_while_loading_waits_for_the_model(build, store, ui):
     gate = threading.Event()
     engine = FakeEngine(["Answered once loaded."], load_stages=[LoadProgress("read", 1, 8)], load_gate=gate)

@@ -37,8 +37,6 @@ LAYOUT_TAG = "int4-s4096-r4-c64-v1"  # changes whenever the packed int4 layout c
 # 4096, dequant + sgemm at 130-190, so the crossover lies beyond ChatGLM's 2048-token
 # context. Set it to 1 to get exact float32 prefill, or lower it on CPUs where MKL wins.
 PREFILL_MIN_ROWS = 8192
-# Tests set this to True to exercise the pure-PyTorch path on machines with the extension.
-FORCE_FALLBACK = False
 
 _num_threads: int | None = None
 _scratch: torch.Tensor | None = None
@@ -79,8 +77,15 @@ def is_available() -> bool:
         return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
-def _fast() -> bool:
-    return not FORCE_FALLBACK and is_available()
+def level() -> str:
+    """The instruction-set level the kernels run at on this CPU ("AVX2"), or "none" (PyTorch fallback)."""
+    return "AVX2" if is_available() else "none"
+
+
+def _fast(portable: bool) -> bool:
+    """Whether the C kernels run: available, and not turned off by the caller (`portable`: the exact PyTorch
+    math, which the CPU backend offers as a mode and the tests compare against)."""
+    return not portable and is_available()
 
 
 def set_num_threads(n: int) -> None:
@@ -129,14 +134,14 @@ def unpack_int4(w: PackedInt4) -> torch.Tensor:
     return (u.to(torch.int8) - 8).contiguous()
 
 
-def dequantize_int4(w: PackedInt4, out: torch.Tensor | None = None) -> torch.Tensor:
+def dequantize_int4(w: PackedInt4, out: torch.Tensor | None = None, portable: bool = False) -> torch.Tensor:
     """float32 [N, K] = q * scale (exact); writes into `out` (a reusable scratch) if given."""
     n, k = w.out_features, w.in_features
     if out is None:
         out = torch.empty(n, k, dtype=torch.float32)
     elif out.dtype != torch.float32 or tuple(out.shape) != (n, k) or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous float32 tensor of shape {(n, k)}")
-    if _fast():
+    if _fast(portable):
         _check_int4(w)
         _ext.int4_dequant(w.data.data_ptr(), w.scales.data_ptr(), n, k, w.group_size, out.data_ptr(), _threads())
     else:
@@ -180,13 +185,14 @@ def _scratch_view(n: int, k: int) -> torch.Tensor:
     return _scratch[: n * k].view(n, k)
 
 
-def int4_linear(x: torch.Tensor, w: PackedInt4, bias: torch.Tensor | None = None) -> torch.Tensor:
+def int4_linear(x: torch.Tensor, w: PackedInt4, bias: torch.Tensor | None = None,
+                portable: bool = False) -> torch.Tensor:
     """float32 [..., K] -> float32 [..., N] = x @ dequant(w).T (+ bias)."""
     x2, bias = _prep(x, w.in_features, bias)
     m, n = x2.shape[0], w.out_features
     _check_bias(bias, n)
-    if not _fast():
-        return F.linear(x2, dequantize_int4(w), bias).view(*x.shape[:-1], n)
+    if not _fast(portable):
+        return F.linear(x2, dequantize_int4(w, portable=True), bias).view(*x.shape[:-1], n)
     _check_int4(w)
     if m >= PREFILL_MIN_ROWS:
         with _scratch_lock:
@@ -210,12 +216,13 @@ def pack_int8(q: torch.Tensor, scales: torch.Tensor) -> PackedInt8:
     return PackedInt8(q.contiguous(), scales.to(torch.float32).contiguous(), n, k)
 
 
-def int8_linear(x: torch.Tensor, w: PackedInt8, bias: torch.Tensor | None = None) -> torch.Tensor:
+def int8_linear(x: torch.Tensor, w: PackedInt8, bias: torch.Tensor | None = None,
+                portable: bool = False) -> torch.Tensor:
     """float32 [..., K] -> float32 [..., N] = x @ (q * scale).T (+ bias); int kernel for every M."""
     x2, bias = _prep(x, w.in_features, bias)
     m, n = x2.shape[0], w.out_features
     _check_bias(bias, n)
-    if _fast():
+    if _fast(portable):
         data, scales = w.data, w.scales
         if (n * w.in_features != data.numel() or w.in_features % 32 or data.dtype != torch.int8
                 or not data.is_contiguous() or scales.dtype != torch.float32 or scales.numel() != n

@@ -43,12 +43,18 @@ class StatusBar(Horizontal):
         yield Static(id="status-speed")
 
     def on_mount(self) -> None:
-        self.query_one("#status-model", Static).update(
-            Text.assemble((inert_line(self.model), "bold"), "  " + inert_line(f"{self.device} · {self.quantization}")))
+        self._show_engine(f"{self.device} · {self.quantization}")
         self._refresh_state()
 
+    def _show_engine(self, description: str) -> None:
+        self.query_one("#status-model", Static).update(
+            Text.assemble((inert_line(self.model), "bold"), "  " + inert_line(description)))
+
     def show_progress(self, progress: LoadProgress) -> None:
-        """A load event: progress bar and words."""
+        """A load event: progress bar and words. Ready may say which backend runs ("cpu: int4-g128 (C kernels,
+        AVX2)"), which then replaces the settings' device and quantization."""
+        if progress.stage == "ready" and progress.message:
+            self._show_engine(progress.message)
         bar = self.query_one(ProgressBar)
         bar.update(total=progress.total or None, progress=progress.done)
         self.state = "ready" if progress.stage == "ready" else "loading"
