@@ -336,16 +336,17 @@ def test_the_bounds_are_what_the_sampler_really_takes():
                                  (MAX_TEMPERATURE, MIN_DIVISOR), (MAX_TEMPERATURE, MAX_REPETITION_PENALTY)]:
         sampler = TokenSampler(GenerationParams(temperature=temperature, repetition_penalty=penalty,
                                                 top_k=MAX_TOP_K, top_p=1.0, seed=MAX_SEED), 1000)
-        scores = sampler.warpers[0](ids, sampler.processors[0](ids, logits.clone()))  # penalty, then temperature
-        assert bool(torch.isfinite(scores).all())  # so the NaN/Inf guard never replaces the reply with "▁"s
+        scores = sampler.scores(ids, logits) / temperature  # penalty (and the guard), then temperature
+        assert bool(torch.isfinite(scores).all()) and scores.count_nonzero() > 1  # the guard did not fire
         assert 0 <= sampler(ids, logits) < 1000
     with pytest.raises((ValueError, RuntimeError)):  # just past the seed bound, every reply would fail
         TokenSampler(GenerationParams(seed=MAX_SEED + 1), 1000)
     with pytest.raises(RuntimeError, match="probability tensor"):  # a tiny temperature overflows to inf
         TokenSampler(GenerationParams(temperature=1e-300, top_p=1.0), 1000)(ids, logits)
     huge_penalty = TokenSampler(GenerationParams(repetition_penalty=1e308), 1000)
-    assert not bool(torch.isfinite(huge_penalty.processors[0](ids, logits.clone())).all())
-    assert {huge_penalty(ids, logits) for _ in range(5)} == {5}  # so the guard forces token 5 every time
+    forced = huge_penalty.scores(ids, logits)  # the penalty makes scores infinite: the guard fires
+    assert float(forced[5]) == 5e4 and int(forced.count_nonzero()) == 1
+    assert {huge_penalty(ids, logits) for _ in range(5)} == {5}  # so token 5 comes every time
 
 
 @pytest.mark.parametrize("kind", ["fifo", "character device"])

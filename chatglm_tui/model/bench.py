@@ -27,6 +27,7 @@ from chatglm_tui.model.chat import load_model
 from chatglm_tui.model.config import PRESETS, ChatGLMConfig
 from chatglm_tui.model.memory import return_large_frees_to_the_os
 from chatglm_tui.model.modeling import ChatGLMForCausalLM
+from chatglm_tui.model.sampling import GenerationParams, TokenSampler
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class BenchResult:
     decode_s: float
     decode_tokens_per_s: float
     decode_median_ms: float
+    # decode as a chat samples it: the same steps plus the sampler at the original `chat()`'s defaults
+    # (temperature 0.95, top-p 0.7, top-k 50) on each step's logits
+    sampled_decode_tokens_per_s: float
+    sampling_median_ms: float
     peak_rss_bytes: int
     gpu_peak_bytes: int  # CUDA memory at its peak (0 on the CPU)
     weight_bytes: int
@@ -159,6 +164,7 @@ class _Timings:
     prefill_s: float
     ttft_s: float
     steps: list[float]
+    samples: list[float]
     kv_bytes_per_token: int
 
 
@@ -167,7 +173,11 @@ def time_generation(model: ChatGLMForCausalLM, backend: Backend, prompt_tokens: 
     config, device = model.config, model.device
     prompt = _random_prompt(prompt_tokens, config, torch.Generator().manual_seed(0))
     session = backend.session(model, prompt_tokens + new_tokens)
+    sampler = TokenSampler(GenerationParams(seed=0), config.vocab_size)
+    ids = torch.zeros(1, prompt_tokens + new_tokens, dtype=torch.long)
+    ids[0, :prompt_tokens] = torch.tensor(prompt)
     steps: list[float] = []
+    samples: list[float] = []
     with torch.inference_mode():
         if device.type == "cuda":  # a process's first CUDA pass loads its kernels (~0.25 s): not the model's speed
             session.prefill(prompt)
@@ -183,8 +193,12 @@ def time_generation(model: ChatGLMForCausalLM, backend: Backend, prompt_tokens: 
             logits = session.step(token, index)
             token = int(logits[0, : config.eos_token_id].argmax())  # reading it waits for the GPU
             steps.append(time.perf_counter() - t0)
+            ids[0, index] = token
+            t1 = time.perf_counter()
+            sampler(ids[:, : index + 1], logits.float().cpu())  # what a chat adds per token (the draw is unused)
+            samples.append(time.perf_counter() - t1)
     kv_bytes = 2 * config.num_layers * config.hidden_size * session.cache.keys.element_size()
-    return _Timings(prefill_s, ttft_s, steps, kv_bytes)
+    return _Timings(prefill_s, ttft_s, steps, samples, kv_bytes)
 
 
 def _bits(quantization: str) -> int:
@@ -242,6 +256,8 @@ def run_bench(config_name: str = "6b", quantization: str = "int4", prompt_tokens
         prefill_tokens_per_s=prompt_tokens / timings.prefill_s, time_to_first_token_s=timings.ttft_s,
         decode_s=sum(steps), decode_tokens_per_s=len(steps) / sum(steps) if steps else 0.0,
         decode_median_ms=statistics.median(steps) * 1000 if steps else 0.0,
+        sampled_decode_tokens_per_s=len(steps) / (sum(steps) + sum(timings.samples)) if steps else 0.0,
+        sampling_median_ms=statistics.median(timings.samples) * 1000 if steps else 0.0,
         peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         gpu_peak_bytes=torch.cuda.max_memory_allocated(resolved) if resolved.type == "cuda" else 0,
         weight_bytes=weights, bytes_per_token=per_token, bandwidth_bytes_per_s=bandwidth,
@@ -261,6 +277,8 @@ def format_table(result: BenchResult) -> str:
         f"  time to first token      {result.time_to_first_token_s:8.2f} s",
         f"  decode  {result.new_tokens:5d} tokens     {result.decode_s:8.2f} s     "
         f"{result.decode_tokens_per_s:7.2f} tokens/s   (median {result.decode_median_ms:.0f} ms/token)",
+        f"  decode, sampled          {result.sampled_decode_tokens_per_s:7.2f} tokens/s at chat()'s defaults "
+        f"(sampling median {result.sampling_median_ms:.2f} ms/token)",
         f"  peak RSS                 {result.peak_rss_bytes / gb:8.2f} GB    ({result.peak_rss_bytes / 2**30:.2f} GiB)"
         + (f"   GPU peak {result.gpu_peak_bytes / gb:.2f} GB" if result.gpu_peak_bytes else ""),
         f"  memory read bandwidth    {result.bandwidth_bytes_per_s / gb:8.2f} GB/s  -> decode bound "

@@ -18,10 +18,11 @@ fast_only = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(params=["fast", "fallback"])
-def path(request, monkeypatch):
-    if request.param == "fast" and not cpu.is_available():
-        pytest.skip("C extension not built or CPU lacks AVX2/FMA/F16C")
+@pytest.fixture(params=list(cpu.LEVELS))
+def path(request):
+    """Every level this host runs (the AVX-512 one only where the CPU has AVX512_BF16)."""
+    if request.param not in cpu.available_levels():
+        pytest.skip(f"this CPU or build does not run the {request.param} level")
     return request.param
 
 
@@ -37,7 +38,7 @@ def _dequant_ref(q: torch.Tensor, scales: torch.Tensor, g: int) -> torch.Tensor:
 
 
 def _check_close(y: torch.Tensor, ref: torch.Tensor, path: str) -> None:
-    if path == "fallback":
+    if path == "pytorch":
         torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
         return
     rel = (y - ref).norm(dim=-1) / ref.norm(dim=-1)
@@ -59,10 +60,9 @@ def test_dequantize_exact(path: str, n: int, k: int, g: int) -> None:
     q, scales = _int4(n, k, g)
     w = cpu.pack_int4(q, scales, g)
     ref = _dequant_ref(q, scales, g)
-    portable = path == "fallback"
-    assert torch.equal(cpu.dequantize_int4(w, portable=portable), ref)
+    assert torch.equal(cpu.dequantize_int4(w, level=path), ref)
     out = torch.full((n, k), float("nan"))
-    assert cpu.dequantize_int4(w, out, portable) is out and torch.equal(out, ref)
+    assert cpu.dequantize_int4(w, out, path) is out and torch.equal(out, ref)
 
 
 @pytest.mark.parametrize("m", [1, 3, 17, 100])
@@ -74,8 +74,8 @@ def test_int4_linear_matches_dequant(path: str, m: int, g: int) -> None:
     gen = torch.Generator().manual_seed(100 + m)
     x, bias = torch.randn(m, k, generator=gen), torch.randn(n, generator=gen)
     ref = F.linear(x, _dequant_ref(q, scales, g), bias)
-    _check_close(cpu.int4_linear(x, w, bias, path == "fallback"), ref, path)
-    _check_close(cpu.int4_linear(x, w, portable=path == "fallback"), ref - bias, path)
+    _check_close(cpu.int4_linear(x, w, bias, path), ref, path)
+    _check_close(cpu.int4_linear(x, w, level=path), ref - bias, path)
 
 
 def test_int4_linear_segmented_and_batched_shape(path: str) -> None:
@@ -83,7 +83,7 @@ def test_int4_linear_segmented_and_batched_shape(path: str) -> None:
     q, scales = _int4(n, k, g)
     w = cpu.pack_int4(q, scales, g)
     x = torch.randn(2, 3, k, generator=torch.Generator().manual_seed(1))
-    y = cpu.int4_linear(x, w, portable=path == "fallback")
+    y = cpu.int4_linear(x, w, level=path)
     assert y.shape == (2, 3, n) and y.dtype == torch.float32
     _check_close(y.reshape(-1, n), F.linear(x.reshape(-1, k), _dequant_ref(q, scales, g)), path)
 
@@ -95,7 +95,7 @@ def test_fast_and_fallback_agree(m: int) -> None:
     w = cpu.pack_int4(q, scales, 128)
     x = torch.randn(m, 256, generator=torch.Generator().manual_seed(2))
     fast = cpu.int4_linear(x, w)
-    slow = cpu.int4_linear(x, w, portable=True)
+    slow = cpu.int4_linear(x, w, level="pytorch")
     _check_close(fast, slow, "fast")
 
 
@@ -117,13 +117,13 @@ def test_int8_linear_matches_dequant(path: str, m: int) -> None:
     scales = torch.rand(n, generator=gen) * 0.01
     x, bias = torch.randn(m, k, generator=gen), torch.randn(n, generator=gen)
     w = cpu.pack_int8(q, scales)
-    _check_close(cpu.int8_linear(x, w, bias, path == "fallback"), F.linear(x, q.float() * scales[:, None], bias), path)
+    _check_close(cpu.int8_linear(x, w, bias, path), F.linear(x, q.float() * scales[:, None], bias), path)
 
 
 def test_zero_activations(path: str) -> None:
     q, scales = _int4(8, 128, 64)
     w = cpu.pack_int4(q, scales, 64)
-    assert torch.count_nonzero(cpu.int4_linear(torch.zeros(2, 128), w, portable=path == "fallback")) == 0
+    assert torch.count_nonzero(cpu.int4_linear(torch.zeros(2, 128), w, level=path)) == 0
 
 
 @pytest.mark.parametrize(
@@ -170,3 +170,16 @@ def test_malformed_packed_weights_are_rejected() -> None:
     bad8 = cpu.PackedInt8(torch.zeros(8, 64, dtype=torch.int8), torch.ones(8, dtype=torch.float64), 8, 64)
     with pytest.raises(ValueError, match="malformed"):
         cpu.int8_linear(torch.zeros(1, 64), bad8)
+
+
+def test_prefill_buffers_serve_calls_in_and_out_of_inference_mode(path: str) -> None:
+    """The bfloat16 level reuses its buffers: made under inference mode (generation), they must still take
+    in-place writes outside it (a test, a script), and the other way round."""
+    q, scales = _int4(12, 256, 64)
+    w = cpu.pack_int4(q, scales, 64)
+    x = torch.randn(40, 256, generator=torch.Generator().manual_seed(4))
+    ref = F.linear(x, _dequant_ref(q, scales, 64))
+    with torch.inference_mode():
+        inside = cpu.int4_linear(x, w, level=path)
+    _check_close(inside, ref, path)
+    _check_close(cpu.int4_linear(x * 1, w, level=path), ref, path)

@@ -156,7 +156,7 @@ def test_pure_pytorch_fallback_gives_the_same_layers(fixture_dir, monkeypatch):
     x = torch.randn(3, glm.config.hidden_size)
     layer = next(iter(_linears(glm, Int4Linear).values()))
     exact = torch.nn.functional.linear(x, kernels.dequantize_int4(layer.packed()), layer.bias)
-    layer.portable = True
+    layer.level = "pytorch"
     torch.testing.assert_close(layer(x), exact)
 
 

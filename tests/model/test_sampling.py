@@ -89,3 +89,65 @@ def test_window_covers_prompt_and_reply(tiny_fp16):
     full = [5] * (window - 2) + [130001, 130004]
     with pytest.raises(ContextOverflowError, match=f"context window is {window}"):
         list(tiny_fp16.generate_ids(full, GenerationParams()))
+
+
+# ---------------------------------------------------------------- the same distribution as transformers' warpers
+
+
+def _transformers_probs(params: GenerationParams, input_ids: torch.Tensor, logits: torch.Tensor,
+                        pieces: int) -> torch.Tensor:
+    """What the original `chat()` samples from: transformers' processors and warpers over the whole vocabulary."""
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    scores = logits.clone()
+    if params.repetition_penalty != 1.0:
+        scores = RepetitionPenaltyLogitsProcessor(params.repetition_penalty)(input_ids, scores)
+    scores[:, pieces:] = -float("inf")
+    if params.temperature != 1.0:
+        scores = TemperatureLogitsWarper(params.temperature)(input_ids, scores)
+    if params.top_k:
+        scores = TopKLogitsWarper(params.top_k)(input_ids, scores)
+    if params.top_p < 1.0:
+        scores = TopPLogitsWarper(params.top_p)(input_ids, scores)
+    return torch.softmax(scores, dim=-1)[0]
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"top_k": 0}, {"top_k": 1}, {"top_p": 1.0}, {"top_k": 0, "top_p": 1.0}, {"top_p": 0.05},
+    {"temperature": 0.3, "top_p": 0.9, "top_k": 200}, {"repetition_penalty": 1.3}, {"top_k": 5, "top_p": 0.99},
+])
+def test_the_candidates_carry_exactly_the_original_distribution(options):
+    """On 40 random vocab-sized logit rows per setting (flat, peaked, with ties, with -inf), the tokens the
+    sampler draws from and their probabilities are transformers' warpers' over all 130,528 scores."""
+    params = GenerationParams(seed=0, **options)
+    sampler = TokenSampler(params, PIECES)
+    generator = torch.Generator().manual_seed(len(str(options)))
+    vocab = 130528
+    for case in range(40):
+        scale = (0.5, 3.0, 8.0, 20.0)[case % 4]
+        logits = torch.randn(1, vocab, generator=generator) * scale
+        if case % 5 == 0:
+            logits[0, :40] = logits[0, 40]  # a tie around the k-th and the nucleus edge
+        if case % 5 == 1:
+            logits[0, 100:200] = logits.max() + 1  # 100 tied best tokens: ties past top-k's window
+        input_ids = torch.randint(0, vocab, (1, 30), generator=generator)
+        expected = _transformers_probs(params, input_ids, logits, PIECES)
+        ids, probs = sampler.candidates(sampler.scores(input_ids, logits))
+        got = torch.zeros(vocab)
+        got[ids] = probs
+        drawn = set(ids[probs > 0].tolist())  # (with neither top-k nor top-p, all ids come, the pieceless at 0)
+        kept = set(torch.nonzero(expected).reshape(-1).tolist())
+        if case % 5 == 1:
+            # 100 equally likely tokens: which of them top-p cuts depends on the sort order of ties, and where
+            # their cumulative mass meets top_p exactly (k x 0.01 = 0.3), float rounding decides one token more
+            # or less: the one way the two can differ.
+            assert drawn <= kept | set(range(100, 200)) and abs(len(drawn) - len(kept)) <= 1, (options, case)
+            continue
+        assert drawn == kept, (options, case)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+

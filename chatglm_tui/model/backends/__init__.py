@@ -84,7 +84,7 @@ def _cpu_backend(device: torch.device, dtype: str, config: ChatGLMConfig, bits: 
     if (dtype == "auto" or backend) and target_bits:
         scheme = choose_scheme(config.quantization_bit, bits)
         if supports_sizes(config, scheme):
-            return CpuBackend(scheme, portable=backend == "cpu-portable")
+            return CpuBackend(scheme, level="pytorch" if backend == "cpu-portable" else None)
     if backend:
         raise DeviceError("the cpu backend needs int4 or int8 weights whose sizes are multiples of 64: "
                           "use --quantization int4, or --backend exact")

@@ -280,6 +280,41 @@ static void int4_dequant(const uint8_t *w, const float *scales, int64_t N, int64
     }
 }
 
+/* ---------------------------------------------------------------- AVX-512 BF16 level
+ * Prefill on CPUs with AVX512_BF16 (Zen 4, Sapphire Rapids, Cooper Lake): rows [row0, row0 + rows) of an int4
+ * weight unpacked to bfloat16 (q * scale, rounded to nearest even), for oneDNN's bf16 GEMM, which runs ~3.4x
+ * faster than the int8-activation kernel above on such cores.  Compiled for those instructions alone (the rest
+ * of the file stays AVX2), and only called after the CPU says it has them, so one build runs everywhere. */
+#if defined(__GNUC__) && (__GNUC__ >= 10 || defined(__clang__))
+#define HAVE_BF16_KERNEL 1
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static void int4_dequant_bf16(const uint8_t *w, const float *scales, int64_t N, int64_t K, int64_t group,
+                              uint16_t *out, int64_t row0, int64_t rows, int nt) {
+    const int64_t T = (N + R - 1) / R, G = K / group, SK = seg_len(K), CS = SK / CH;
+    const int64_t t0 = row0 / R, t1 = (row0 + rows + R - 1) / R;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), eight = _mm256_set1_epi8(8);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t s = 0; s < K / SK; s++)
+            for (int64_t c = 0; c < CS; c++)
+                for (int r = 0; r < R; r++) {
+                    const int64_t n = t * R + r, c_glob = s * CS + c;
+                    if (n < row0 || n >= row0 + rows || n >= N) continue;
+                    const uint8_t *src = w + ((s * T + t) * CS + c) * (R * 32) + 32 * r;
+                    __m256i v = _mm256_loadu_si256((const __m256i *)src);
+                    __m256i h[2] = {_mm256_sub_epi8(_mm256_and_si256(v, m4), eight),
+                                    _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), eight)};
+                    for (int k = 0; k < 2; k++) {  /* 32 inputs: one group (groups are multiples of 32) */
+                        const int64_t first = c_glob * CH + 32 * k;
+                        __m512 sc = _mm512_set1_ps(scales[n * G + first / group]);
+                        __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(h[k]))), sc);
+                        __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(h[k], 1))), sc);
+                        _mm512_storeu_si512((void *)(out + (n - row0) * K + first), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+                    }
+                }
+}
+#endif
+
 /* Streams n bytes (a multiple of 128) with 4 independent accumulators per thread: the memory-read bandwidth
  * probe of `chatglm bench`, the same way our GEMV kernels read weights. Returns a checksum so the loads stay. */
 static int64_t stream_read(const uint8_t *p, int64_t n, int nt) {
@@ -351,6 +386,33 @@ static PyObject *py_int4_dequant(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_int4_dequant_bf16(PyObject *self, PyObject *args) {
+    unsigned long long w, s, out;
+    Py_ssize_t N, K, group, row0, rows;
+    int nt;
+    if (!PyArg_ParseTuple(args, "KKnnnKnni", &w, &s, &N, &K, &group, &out, &row0, &rows, &nt)) return NULL;
+#ifdef HAVE_BF16_KERNEL
+    Py_BEGIN_ALLOW_THREADS
+    int4_dequant_bf16(PTR(w), PTR(s), N, K, group, PTR(out), row0, rows, nt);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+#else
+    PyErr_SetString(PyExc_RuntimeError, "built without the AVX-512 BF16 kernel");
+    return NULL;
+#endif
+}
+
+/* Whether this build has the AVX-512 BF16 kernel and this CPU can run it (the OS saves the ZMM state too). */
+static PyObject *py_has_bf16(PyObject *self, PyObject *args) {
+#ifdef HAVE_BF16_KERNEL
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16"))
+        Py_RETURN_TRUE;
+#endif
+    Py_RETURN_FALSE;
+}
+
 static PyObject *py_stream_read(PyObject *self, PyObject *args) {
     unsigned long long p;
     Py_ssize_t n;
@@ -372,6 +434,9 @@ static PyMethodDef methods[] = {
      "int8_mm(x, M, K, w, scales, N, y, bias_or_0, nthreads): y[M,N] = x[M,K] @ W^T (+ bias)"},
     {"int4_dequant", py_int4_dequant, METH_VARARGS,
      "int4_dequant(w, scales, N, K, group, out, nthreads): out[N,K] = q * scale"},
+    {"int4_dequant_bf16", py_int4_dequant_bf16, METH_VARARGS,
+     "int4_dequant_bf16(w, scales, N, K, group, out, row0, rows, nthreads): out[rows,K] = bf16(q * scale)"},
+    {"has_bf16", py_has_bf16, METH_NOARGS, "has_bf16(): whether the AVX-512 BF16 kernel runs on this CPU"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cpu", "AVX2 int4/int8 matmul kernels", -1, methods};

@@ -16,14 +16,14 @@ except ImportError:  # not built: the fallback below
     _ext = None
 
 
-def decode_attention(q: Tensor, keys: Tensor, values: Tensor, portable: bool = False) -> Tensor:
+def decode_attention(q: Tensor, keys: Tensor, values: Tensor, level: str | None = None) -> Tensor:
     """softmax(q k^T / sqrt(D)) v for one new token.
 
     q: float32 (1, H, 1, D); keys, values: float16 (1, H, T, D) views of the cache (rows contiguous, heads
-    strided). Returns float32 (1, H, 1, D). `portable` runs the PyTorch math even where the C kernel exists.
+    strided). Returns float32 (1, H, 1, D). Level "pytorch" runs the PyTorch math even where the C kernel exists.
     """
     _, heads, length, dim = keys.shape
-    usable = (not portable and _ext is not None and cpu.is_available() and keys.device.type == "cpu"
+    usable = (level != "pytorch" and _ext is not None and cpu.is_available() and keys.device.type == "cpu"
               and dim % 8 == 0 and dim <= 256 and keys.stride(2) == dim and keys.stride(3) == 1
               and values.stride() == keys.stride())
     if not usable:

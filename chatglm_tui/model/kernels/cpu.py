@@ -16,6 +16,7 @@ one contiguous stream, and a segment's int8 activations (4 KB) stay in L1.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from dataclasses import dataclass
 
@@ -38,8 +39,15 @@ LAYOUT_TAG = "int4-s4096-r4-c64-v1"  # changes whenever the packed int4 layout c
 # context. Set it to 1 to get exact float32 prefill, or lower it on CPUs where MKL wins.
 PREFILL_MIN_ROWS = 8192
 
+# Rows of x from which the avx512-bf16 level unpacks to bfloat16 for oneDNN instead of using the integer kernel:
+# measured on 2 Zen 4 cores (QKV, 4096 -> 12288): the integer kernel wins below ~12 rows, bf16 is 1.3x at 16,
+# 2.1x at 64 and 2.8x at 512.
+BF16_MIN_ROWS = 16
+_BF16_SCRATCH_VALUES = 1 << 23  # weights unpacked per slice: 16 MB of bfloat16
+
 _num_threads: int | None = None
 _scratch: torch.Tensor | None = None
+_bf16_buffers: dict[str, torch.Tensor] = {}
 _scratch_lock = threading.Lock()
 
 
@@ -77,15 +85,45 @@ def is_available() -> bool:
         return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
-def level() -> str:
-    """The instruction-set level the kernels run at on this CPU ("AVX2"), or "none" (PyTorch fallback)."""
-    return "AVX2" if is_available() else "none"
+# Levels, fastest first. "avx512-bf16": prefill unpacks int4 to bfloat16 for oneDNN's bf16 GEMM (AVX512_BF16
+# CPUs), decode as avx2; "avx2": the integer kernels of this file; "torch": PyTorch's own packed int4/int8 CPU
+# matmuls with bfloat16 activations (any CPU, ARM included: the path where the C extension cannot run);
+# "pytorch": exact float32 math, dequantizing each weight at every call (the reference, and the old fallback).
+LEVELS = ("avx512-bf16", "avx2", "torch", "pytorch")
+LEVEL_NAMES = {"avx512-bf16": "AVX-512 BF16", "avx2": "AVX2", "torch": "PyTorch int4pack", "pytorch": "PyTorch"}
+LEVEL_VARIABLE = "CHATGLM_CPU_LEVEL"
 
 
-def _fast(portable: bool) -> bool:
-    """Whether the C kernels run: available, and not turned off by the caller (`portable`: the exact PyTorch
-    math, which the CPU backend offers as a mode and the tests compare against)."""
-    return not portable and is_available()
+@functools.lru_cache(maxsize=1)
+def available_levels() -> tuple[str, ...]:
+    """The levels this build and this CPU can run, fastest first (always ends with "pytorch")."""
+    found = []
+    if is_available() and _ext is not None and getattr(_ext, "has_bf16", lambda: False)():
+        found.append("avx512-bf16")
+    if is_available():
+        found.append("avx2")
+    if hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr(torch, "_weight_int8pack_mm"):
+        found.append("torch")
+    return (*found, "pytorch")
+
+
+def chosen_level() -> str:
+    """The fastest available level, or the one $CHATGLM_CPU_LEVEL names (a lower one: for comparing levels on
+    one host). ValueError for a name that is not a level or that this CPU cannot run."""
+    wanted = os.environ.get(LEVEL_VARIABLE, "").strip().lower()
+    if not wanted:
+        return available_levels()[0]
+    if wanted not in LEVELS:
+        raise ValueError(f"{LEVEL_VARIABLE}={wanted!r} is not a CPU level: use one of {', '.join(LEVELS)}")
+    if wanted not in available_levels():
+        raise ValueError(f"{LEVEL_VARIABLE}={wanted} cannot run on this CPU or build: it runs "
+                         f"{', '.join(available_levels())}")
+    return wanted
+
+
+def _fast(level: str | None) -> bool:
+    """Whether the C kernels run at `level` (None: the fastest here)."""
+    return level not in ("pytorch", "torch") and is_available()
 
 
 def set_num_threads(n: int) -> None:
@@ -134,14 +172,14 @@ def unpack_int4(w: PackedInt4) -> torch.Tensor:
     return (u.to(torch.int8) - 8).contiguous()
 
 
-def dequantize_int4(w: PackedInt4, out: torch.Tensor | None = None, portable: bool = False) -> torch.Tensor:
+def dequantize_int4(w: PackedInt4, out: torch.Tensor | None = None, level: str | None = None) -> torch.Tensor:
     """float32 [N, K] = q * scale (exact); writes into `out` (a reusable scratch) if given."""
     n, k = w.out_features, w.in_features
     if out is None:
         out = torch.empty(n, k, dtype=torch.float32)
     elif out.dtype != torch.float32 or tuple(out.shape) != (n, k) or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous float32 tensor of shape {(n, k)}")
-    if _fast(portable):
+    if _fast(level):
         _check_int4(w)
         _ext.int4_dequant(w.data.data_ptr(), w.scales.data_ptr(), n, k, w.group_size, out.data_ptr(), _threads())
     else:
@@ -186,21 +224,79 @@ def _scratch_view(n: int, k: int) -> torch.Tensor:
 
 
 def int4_linear(x: torch.Tensor, w: PackedInt4, bias: torch.Tensor | None = None,
-                portable: bool = False) -> torch.Tensor:
+                level: str | None = None) -> torch.Tensor:
     """float32 [..., K] -> float32 [..., N] = x @ dequant(w).T (+ bias)."""
     x2, bias = _prep(x, w.in_features, bias)
     m, n = x2.shape[0], w.out_features
     _check_bias(bias, n)
-    if not _fast(portable):
-        return F.linear(x2, dequantize_int4(w, portable=True), bias).view(*x.shape[:-1], n)
+    if not _fast(level):
+        return F.linear(x2, dequantize_int4(w, level="pytorch"), bias).view(*x.shape[:-1], n)
     _check_int4(w)
-    if m >= PREFILL_MIN_ROWS:
+    if m >= BF16_MIN_ROWS and (level or available_levels()[0]) == "avx512-bf16":
+        y = _int4_linear_bf16(x2, w)
+        if bias is not None:
+            y += bias
+    elif m >= PREFILL_MIN_ROWS:
         with _scratch_lock:
             y = F.linear(x2, dequantize_int4(w, _scratch_view(n, w.in_features)), bias)
     else:
         y = torch.empty(m, n, dtype=torch.float32)
         _ext.int4_mm(x2.data_ptr(), m, w.in_features, w.data.data_ptr(), w.scales.data_ptr(), n,
                      w.group_size, y.data_ptr(), bias.data_ptr() if bias is not None else 0, _threads())
+    return y.view(*x.shape[:-1], n)
+
+
+def _int4_linear_bf16(x2: torch.Tensor, w: PackedInt4) -> torch.Tensor:
+    """x2 [M, K] float32 -> [M, N] float32 through bfloat16: slices of the weight's rows unpacked by the AVX-512
+    kernel into a small scratch (~16 MB, not the whole 134 MB weight: peak memory stays put), each multiplied by
+    oneDNN's bf16 GEMM (float32 accumulation; inputs and outputs rounded to bfloat16). The bfloat16 input and
+    product live in reused buffers too: fresh ones are fresh memory maps under the app's allocator setting
+    (model.memory), and their page faults cost ~10% of a prefill."""
+    m, k, n = x2.shape[0], w.in_features, w.out_features
+    y = torch.empty(m, n, dtype=torch.float32)
+    rows = max(ROWS, (_BF16_SCRATCH_VALUES // k) // ROWS * ROWS)
+    with _scratch_lock:
+        weights = _bf16_buffer("weights", rows * k)
+        xb = _bf16_buffer("input", m * k)[: m * k].view(m, k)
+        xb.copy_(x2)
+        product = _bf16_buffer("product", m * rows)
+        for first in range(0, n, rows):
+            count = min(rows, n - first)
+            part = weights[: count * k].view(count, k)
+            _ext.int4_dequant_bf16(w.data.data_ptr(), w.scales.data_ptr(), n, k, w.group_size, part.data_ptr(),
+                                   first, count, _threads())
+            out = product[: m * count].view(m, count)
+            torch.mm(xb, part.t(), out=out)
+            y[:, first:first + count] = out
+    return y
+
+
+def _bf16_buffer(name: str, size: int) -> torch.Tensor:
+    """A reused bfloat16 buffer of at least `size` values (grows to the largest asked for; caller holds the lock)."""
+    buffer = _bf16_buffers.get(name)
+    if buffer is None or buffer.numel() < size:
+        _bf16_buffers.pop(name, None)  # free the old one before allocating the bigger one
+        with torch.inference_mode(False):  # a normal tensor: written in place both in and out of inference mode
+            buffer = _bf16_buffers[name] = torch.empty(size, dtype=torch.bfloat16)
+    return buffer
+
+
+def pack_torch_int4(q: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 values [N, K] in [-8, 7] and float32 scales [N, K / group] -> PyTorch's packed CPU int4 weight and its
+    bfloat16 (scale, zero) pairs [K / group, N, 2]: it dequantizes `(u - 8) * scale + zero`, u = q + 8."""
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu((q.to(torch.int32) + 8).contiguous(), 1)
+    scale = scales.t().to(torch.bfloat16)
+    return packed, torch.stack((scale, torch.zeros_like(scale)), dim=-1).contiguous()
+
+
+def torch_int4_linear(x: torch.Tensor, packed: torch.Tensor, group: int, scales_zeros: torch.Tensor,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+    """float32 [..., K] -> float32 [..., N] through PyTorch's packed int4 CPU matmul (bfloat16 activations)."""
+    k, n = scales_zeros.shape[0] * group, scales_zeros.shape[1]
+    x2 = x.reshape(-1, k).to(torch.bfloat16).contiguous()
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, group, scales_zeros).float()
+    if bias is not None:
+        y += bias
     return y.view(*x.shape[:-1], n)
 
 
@@ -217,12 +313,16 @@ def pack_int8(q: torch.Tensor, scales: torch.Tensor) -> PackedInt8:
 
 
 def int8_linear(x: torch.Tensor, w: PackedInt8, bias: torch.Tensor | None = None,
-                portable: bool = False) -> torch.Tensor:
+                level: str | None = None) -> torch.Tensor:
     """float32 [..., K] -> float32 [..., N] = x @ (q * scale).T (+ bias); int kernel for every M."""
     x2, bias = _prep(x, w.in_features, bias)
     m, n = x2.shape[0], w.out_features
     _check_bias(bias, n)
-    if _fast(portable):
+    if level == "torch":  # PyTorch's int8 weight-only matmul: fast only with bfloat16 activations
+        y = torch._weight_int8pack_mm(x2.to(torch.bfloat16), w.data, w.scales.to(torch.bfloat16)).float()
+        if bias is not None:
+            y += bias
+    elif _fast(level):
         data, scales = w.data, w.scales
         if (n * w.in_features != data.numel() or w.in_features % 32 or data.dtype != torch.int8
                 or not data.is_contiguous() or scales.dtype != torch.float32 or scales.numel() != n
