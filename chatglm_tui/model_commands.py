@@ -45,9 +45,14 @@ def _backend_plan(directory: object) -> dict[str, str]:
     from chatglm_tui.model.chat import plan_load
     from chatglm_tui.settings import load_settings
 
+    from chatglm_tui.errors import ChatGLMError
+
     settings = load_settings()[0]
     quantization = None if settings.quantization == "none" else settings.quantization
-    backend = plan_load(str(directory), quantization, settings.device, settings.dtype)[1]
+    try:
+        backend = plan_load(str(directory), quantization, settings.device, settings.dtype)[1]
+    except ChatGLMError as exc:  # e.g. device = "cuda" configured on a machine without one: still describe the files
+        return {"backend": f"none here: {exc}"}
     return {"backend": backend.describe(), "numerics": backend.numerics}
 
 

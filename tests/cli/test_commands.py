@@ -90,6 +90,25 @@ def test_model_path_and_info(fixture_dir, home):
     assert path.exit_code == 0 and path.output.strip() == str(fixture_dir / "int4")
     info = json.loads(invoke("model", "info", str(fixture_dir / "int4"), "--json").output)
     assert info["config"]["quantization_bit"] == 4
+    if not torch_cuda_available():  # the backend it would run on here, with the configured device (auto)
+        assert info["backend"].startswith("cpu: int4-row") and "int8 LM head" in info["numerics"]
+
+
+def test_model_info_still_describes_the_files_when_the_configured_device_is_missing(fixture_dir, home,
+                                                                                     monkeypatch):
+    if torch_cuda_available():
+        pytest.skip("this machine has the CUDA device the test configures as missing")
+    monkeypatch.setenv("CHATGLM_DEVICE", "cuda")
+    result = invoke("model", "info", str(fixture_dir / "int4"))
+    assert result.exit_code == 0, result.output
+    assert "layout: int4" in result.output
+    assert "backend: none here: device 'cuda' was asked for but no CUDA GPU is available" in result.output
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
     offline = subprocess.run([sys.executable, "-m", "chatglm_tui", "model", "path", "THUDM/chatglm-6b-int4"],
                              capture_output=True, text=True, env={**os.environ})
     assert offline.returncode == 1 and "chatglm model pull" in offline.stderr
