@@ -232,7 +232,8 @@ def int4_linear(x: torch.Tensor, w: PackedInt4, bias: torch.Tensor | None = None
     if not _fast(level):
         return F.linear(x2, dequantize_int4(w, level="pytorch"), bias).view(*x.shape[:-1], n)
     _check_int4(w)
-    if m >= BF16_MIN_ROWS and (level or available_levels()[0]) == "avx512-bf16":
+    if m >= BF16_MIN_ROWS and (level or available_levels()[0]) == "avx512-bf16" \
+            and "avx512-bf16" in available_levels():  # never the AVX-512 code on a CPU without it
         y = _int4_linear_bf16(x2, w)
         if bias is not None:
             y += bias
