@@ -206,9 +206,3 @@ class Checkpoint:
         """Every file the loaded weights depend on (a cache built from them is stale when one changes)."""
         return [*self.weight_files, self.directory / "config.json"]
 
-    def tensors(self) -> Iterator[tuple[str, Tensor, Path]]:
-        """(name, tensor, the file it came from) for every stored tensor, one file at a time."""
-        for path in self.weight_files:
-            for name, tensor in read_weight_file(path):
-                yield name, tensor, path
-

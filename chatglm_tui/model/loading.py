@@ -14,11 +14,19 @@ from pathlib import Path
 
 from torch import Tensor
 
-from chatglm_tui.model.backends.base import Backend, cache_location
+from chatglm_tui.model.backends.base import Backend
 from chatglm_tui.model.checkpoint import Checkpoint, read_weight_file
 from chatglm_tui.model.convert import Sink, WeightConverter
 from chatglm_tui.model.modeling import ChatGLMForCausalLM
-from chatglm_tui.model.quant_cache import CacheMiss, CacheWriter, read_cache, remove_stale_partials, source_key
+from chatglm_tui.model.quant_cache import (
+    CacheMiss,
+    CacheWriter,
+    Specs,
+    cache_location,
+    read_cache,
+    remove_stale_partials,
+    source_key,
+)
 
 log = logging.getLogger(__name__)
 # progress(stage, done, total): stage "read" (weight files, or the cache file) or "quantize" (tensors converted
@@ -68,7 +76,7 @@ def _in_memory(checkpoint: Checkpoint, backend: Backend, model: ChatGLMForCausal
     return tensors
 
 
-def _specs(model: ChatGLMForCausalLM) -> dict:
+def _specs(model: ChatGLMForCausalLM) -> Specs:
     return {name: (t.dtype, tuple(t.shape)) for name, t in model.state_dict().items()}
 
 
@@ -89,7 +97,7 @@ def _through_cache(checkpoint: Checkpoint, backend: Backend, model: ChatGLMForCa
         return tensors
     except CacheMiss as miss:  # absent, stale or damaged in any way: rebuild it, never fail
         log.info("converted-weights cache %s: %s; building it", target, miss)
-    if not _build_cache(checkpoint, backend, model, target, metadata, progress):
+    if not _build_cache(checkpoint, backend, model, target, specs, metadata, progress):
         return _in_memory(checkpoint, backend, model, progress)
     try:
         return read_cache(target, metadata, specs)[0]
@@ -98,11 +106,11 @@ def _through_cache(checkpoint: Checkpoint, backend: Backend, model: ChatGLMForCa
         return _in_memory(checkpoint, backend, model, progress)
 
 
-def _build_cache(checkpoint: Checkpoint, backend: Backend, model: ChatGLMForCausalLM, target: Path,
+def _build_cache(checkpoint: Checkpoint, backend: Backend, model: ChatGLMForCausalLM, target: Path, specs: Specs,
                  metadata: dict[str, str], progress: Progress | None) -> bool:
     """Convert the checkpoint into the cache file `target`; False (with a warning) when it cannot be written."""
     try:
-        writer = CacheWriter(target, _specs(model), metadata)
+        writer = CacheWriter(target, specs, metadata)
     except OSError as exc:  # read-only cache directory: convert in memory, every time
         log.warning("cannot write the converted-weights cache at %s (%s); converting in memory", target, exc)
         return False

@@ -37,6 +37,12 @@ _PARTIAL = re.compile(r"\..+\.([1-9][0-9]{0,9})\.partial", re.ASCII)
 Specs = dict[str, tuple[torch.dtype, tuple[int, ...]]]
 
 
+def cache_location(cache_dir: Path, directory: Path, tag: str) -> Path:
+    """Where the converted weights of a checkpoint directory live (one file per directory and format)."""
+    digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:12]
+    return cache_dir / f"{directory.resolve().name}-{digest}.{tag}.safetensors"
+
+
 class CacheMiss(Exception):
     """The cache file cannot be used (the message says why); the caller rebuilds it."""
 

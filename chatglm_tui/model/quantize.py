@@ -44,6 +44,34 @@ def choose_scheme(stored_bits: int, bits: int, group_size: int | None = None) ->
     return QuantScheme(8, None)
 
 
+# Group sizes torch's packed int4 matmuls take (`_weight_int4pack_mm` on CUDA, `_for_cpu` on the CPU).
+INT4PACK_GROUPS = (256, 128, 64, 32)
+
+
+def int4pack_group(in_features: int, scheme: QuantScheme) -> int | None:
+    """The group size torch's int4 matmuls use for a weight with this many inputs under `scheme` (a per-row
+    scale is repeated per 128-input group); None when they cannot hold it."""
+    wanted = scheme.group_for(in_features) if scheme.group_size else min(DEFAULT_INT4_GROUP, in_features)
+    if in_features % 32:
+        return None
+    return next((g for g in INT4PACK_GROUPS if g <= wanted and wanted % g == 0 and in_features % g == 0), None)
+
+
+def required_int4pack_group(in_features: int, scheme: QuantScheme) -> int:
+    """int4pack_group, for sizes already checked to fit (ValueError otherwise)."""
+    group = int4pack_group(in_features, scheme)
+    if group is None:
+        raise ValueError(f"torch's int4 matmuls need inputs in multiples of 32, got {in_features}")
+    return group
+
+
+def int4pack_scales(scales: Tensor) -> Tensor:
+    """float32 scales [N, K / group] -> the bfloat16 (scale, zero) pairs [K / group, N, 2] torch's int4 matmuls
+    read: they dequantize `(u - 8) * scale + zero`, so zero 0 with u = q + 8 gives q * scale."""
+    scale = scales.t().to(torch.bfloat16)
+    return torch.stack((scale, torch.zeros_like(scale)), dim=-1).contiguous()
+
+
 def quantize_in_slices(rows: int, quantize: Callable[[slice], tuple[Tensor, Tensor]],
                        size: int = 1024) -> tuple[Tensor, Tensor]:
     """Quantize a weight of `rows` rows a slice at a time (`quantize(rows_slice)` -> values, scales): its float32

@@ -126,7 +126,9 @@ class TokenSampler:
         if self.params.is_greedy:
             return int(scores.argmax())
         ids, probs = self.candidates(scores)
-        return int(ids[torch.multinomial(probs, 1, generator=self.generator)])
+        # The generator is a CPU one, and a few hundred probabilities at most: draw on the CPU wherever the
+        # logits are (torch refuses a CPU generator for a GPU tensor).
+        return int(ids[int(torch.multinomial(probs.cpu(), 1, generator=self.generator))])
 
 
 def _likeliest(scores: Tensor, count: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -197,3 +197,11 @@ def test_bench_on_the_gpu(backend):
     assert report["device"].startswith("cuda") and report["gpu_peak_bytes"] > 0
     assert report["backend"].startswith("cuda: " + backend.removeprefix("cuda-"))
     assert report["decode_tokens_per_s"] > 0
+
+
+def test_sampled_replies_run_on_the_gpu(fixture_dir):
+    """chat()'s defaults sample: the draw uses the sampler's CPU generator whatever device the logits are on,
+    and a seed repeats the reply."""
+    glm = load_model(fixture_dir / "int4", device="cuda")
+    first = glm.chat("你好", max_new_tokens=12, seed=7)
+    assert first and glm.chat("你好", max_new_tokens=12, seed=7) == first

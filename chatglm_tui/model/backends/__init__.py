@@ -100,7 +100,8 @@ def _cuda_backend(device: torch.device, dtype: str, config: ChatGLMConfig, bits:
     free = free_memory if free_memory is not None else torch.cuda.mem_get_info(device)[0]
     fp16_needs, int4_needs = memory_needed(config, "fp16"), memory_needed(config, "int4")
     scheme = choose_scheme(config.quantization_bit, 4)
-    int4_ok = (target_bits != 8 and tinygemm_available(device) and sizes_fit_int4(config, scheme))
+    has_tinygemm = tinygemm_available(device)
+    int4_ok = target_bits != 8 and has_tinygemm and sizes_fit_int4(config, scheme)
     wants_fp16 = backend == "cuda-fp16" or dtype in ("float16", "bfloat16")
     if backend == "cuda-int4" and dtype in ("float16", "bfloat16"):
         raise DeviceError("the cuda-int4 backend computes in bfloat16 with int4 weights: leave --dtype at auto")
@@ -115,7 +116,7 @@ def _cuda_backend(device: torch.device, dtype: str, config: ChatGLMConfig, bits:
     if not int4_ok:
         why = ("int8 weights have no int4-resident mode" if target_bits == 8 else
                "this GPU or torch build has no tinygemm int4 kernel (it needs an sm80+ card and CUDA 12+)"
-               if not tinygemm_available(device) else "these model sizes do not fit tinygemm's layout")
+               if not has_tinygemm else "these model sizes do not fit tinygemm's layout")
         if backend == "cuda-int4":
             raise DeviceError(f"int4-resident cannot run here: {why}; use --backend cuda-fp16 or --device cpu")
         # The original's own low-memory GPU path: quantized weights dequantized per call.

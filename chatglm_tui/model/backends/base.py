@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
@@ -57,6 +56,11 @@ class StoredWeight:
             return self.data[rows].float()
         assert self.scale is not None
         return dequantize_rows(self.data[rows], self.scale[rows], self.bits)
+
+    def floats(self) -> Tensor:
+        """The weight as floats: the stored ones as they are (no float32 copy of a 130528-row table), or the
+        exactly dequantized values."""
+        return self.data if not self.bits else self.dequantized()
 
     def row_quantized(self, bits: int) -> tuple[Tensor, Tensor]:
         """(int8 values [out, in], float32 scales [out]) per row: as stored when the widths agree, else the
@@ -137,11 +141,3 @@ class Backend(ABC):
         """The loaded model, ready to run (buffers that are computed rather than stored are made here)."""
         model.transformer.rotary = RotaryEmbedding2D(model.config.head_dim).to(self.device)
         return model.eval().requires_grad_(False)
-
-
-def cache_location(cache_dir: Path, directory: Path, tag: str) -> Path:
-    """Where the converted weights of a checkpoint directory live (one file per directory and format)."""
-    import hashlib
-
-    digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:12]
-    return cache_dir / f"{directory.resolve().name}-{digest}.{tag}.safetensors"

@@ -18,15 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from chatglm_tui.model.backends.base import Backend, StoredWeight
-from chatglm_tui.model.backends.tinygemm import tinygemm_group  # the same group sizes as torch's CPU op
 from chatglm_tui.errors import DeviceError
+from chatglm_tui.model.backends.base import Backend, StoredWeight
 from chatglm_tui.model.config import ChatGLMConfig
 from chatglm_tui.model.kernels import cpu as kernels
 from chatglm_tui.model.kernels.attention import decode_attention
 from chatglm_tui.model.kv_cache import KVCache
 from chatglm_tui.model.modeling import ChatGLMForCausalLM
-from chatglm_tui.model.quantize import QuantScheme, replace_linears
+from chatglm_tui.model.quantize import QuantScheme, replace_linears, required_int4pack_group
 
 
 def int4_packed_shape(out_features: int, in_features: int) -> tuple[int, ...]:
@@ -113,14 +112,6 @@ class TorchInt4Linear(nn.Module):
                                          self.bias).to(x.dtype)
 
 
-def _torch_group(in_features: int, scheme: QuantScheme) -> int:
-    """PyTorch's int4 matmuls take groups of 32 to 256 inputs: a per-row scale is repeated per 128-input group."""
-    group = tinygemm_group(in_features, scheme)
-    if group is None:
-        raise ValueError(f"the torch level needs inputs in multiples of 32, got {in_features}")
-    return group
-
-
 class RoundedKVCache(KVCache):
     """Keys and values stored as float16 for a float32 model: half the memory (458 KB instead of 917 KB per
     token for ChatGLM-6B). The decode kernel reads float16 directly; a fresh prompt attends to its exact float32
@@ -195,7 +186,7 @@ class CpuBackend(Backend):
             model = ChatGLMForCausalLM(config)
             if scheme.bits == 4 and level == "torch":
                 replace_linears(model, lambda old: TorchInt4Linear(old.in_features, old.out_features,
-                                                                   _torch_group(old.in_features, scheme)))
+                                                                   required_int4pack_group(old.in_features, scheme)))
             elif scheme.bits == 4:
                 replace_linears(model, lambda old: Int4Linear(old.in_features, old.out_features,
                                                               scheme.group_for(old.in_features), level))
@@ -212,7 +203,7 @@ class CpuBackend(Backend):
             q, scale = weight.row_quantized(8)
             return {"weight_q": q, "weight_scale": scale.contiguous()}
         if self.level == "torch":
-            q, scales = weight.group_quantized(_torch_group(weight.shape[1], self.scheme))
+            q, scales = weight.group_quantized(required_int4pack_group(weight.shape[1], self.scheme))
             packed_torch, scales_zeros = kernels.pack_torch_int4(q, scales)
             return {"weight_packed": packed_torch, "weight_scales_zeros": scales_zeros}
         q, scales = weight.group_quantized(self.scheme.group_for(weight.shape[1]))

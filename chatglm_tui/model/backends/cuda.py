@@ -31,12 +31,18 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from chatglm_tui.model.backends.base import Backend, StoredWeight
-from chatglm_tui.model.backends.tinygemm import TinyGemmInt4Linear, attach_dequantizers, pack_tinygemm, tinygemm_group
+from chatglm_tui.model.backends.tinygemm import TinyGemmInt4Linear, attach_dequantizers, pack_tinygemm
 from chatglm_tui.model.config import ChatGLMConfig
 from chatglm_tui.model.generate import DecodeSession
 from chatglm_tui.model.kv_cache import KVCache
 from chatglm_tui.model.modeling import ChatGLMForCausalLM, TiedEmbedding
-from chatglm_tui.model.quantize import DEFAULT_INT4_GROUP, QuantScheme, replace_linears
+from chatglm_tui.model.quantize import (
+    DEFAULT_INT4_GROUP,
+    QuantScheme,
+    int4pack_group,
+    replace_linears,
+    required_int4pack_group,
+)
 
 log = logging.getLogger(__name__)
 WINDOW_STEP = 256  # the decode graph's attention window grows in steps of this many positions
@@ -237,18 +243,17 @@ class CudaBackend(Backend):
             if self.resident == "int4":
                 scheme = self.scheme
                 replace_linears(model, lambda old: TinyGemmInt4Linear(
-                    old.in_features, old.out_features, _required_group(old.in_features, scheme)))
+                    old.in_features, old.out_features, required_int4pack_group(old.in_features, scheme)))
                 model.transformer.word_embeddings = HalfTiedEmbedding(config.vocab_size, config.hidden_size).half()
         return model
 
     def convert_weight(self, weight: StoredWeight) -> dict[str, Tensor]:
         if weight.kind == "embedding":
-            table = weight.data if not weight.bits else weight.dequantized()
             dtype = torch.float16 if self.resident == "int4" else self.compute_dtype
-            return {"weight": table.to(device=self.device, dtype=dtype)}
+            return {"weight": weight.floats().to(device=self.device, dtype=dtype)}
         if self.resident == "fp16":
             return {"weight": self._dequantized(weight)}
-        group = _required_group(weight.shape[1], self.scheme)
+        group = required_int4pack_group(weight.shape[1], self.scheme)
         q, scales = weight.group_quantized(group)
         packed, scales_zeros = pack_tinygemm(q, scales, group, self.device)
         return {"weight_packed": packed, "weight_scales_zeros": scales_zeros}
@@ -268,7 +273,8 @@ class CudaBackend(Backend):
             out[rows] = source.dequantized(rows).to(device=self.device, dtype=self.compute_dtype)
         return out
 
-    def kv_cache(self, config: ChatGLMConfig, capacity: int) -> KVCache:
+    def kv_cache(self, config: ChatGLMConfig, capacity: int) -> StaticKVCache:
+        """The whole window's cache, whatever `capacity` (one per model: the captured graphs use its buffers)."""
         return StaticKVCache(config, self.compute_dtype, self.device)
 
     def finish(self, model: ChatGLMForCausalLM) -> ChatGLMForCausalLM:
@@ -289,7 +295,7 @@ class CudaBackend(Backend):
     def _runner(self, model: ChatGLMForCausalLM) -> GraphRunner:
         runner = self._runners.get(id(model))
         if runner is None or runner.model is not model:
-            runner = GraphRunner(model, StaticKVCache(model.config, self.compute_dtype, self.device), self.graphs)
+            runner = GraphRunner(model, self.kv_cache(model.config, model.config.max_sequence_length), self.graphs)
             self._runners = {id(model): runner}
         return runner
 
@@ -297,20 +303,8 @@ class CudaBackend(Backend):
         return CudaSession(model, self._runner(model))
 
 
-def _required_group(in_features: int, scheme: QuantScheme) -> int:
-    group = tinygemm_group(in_features, scheme)
-    if group is None:
-        raise ValueError(f"int4-resident needs inputs in multiples of 32, got {in_features}")
-    return group
-
-
-def fits(config: ChatGLMConfig, mode: str, free_bytes: int) -> bool:
-    """Whether a mode fits in `free_bytes` of GPU memory."""
-    return memory_needed(config, mode) <= free_bytes
-
-
 def sizes_fit_int4(config: ChatGLMConfig, scheme: QuantScheme) -> bool:
     """Whether tinygemm's layout holds every block linear of this config."""
     sizes: Sequence[int] = (config.hidden_size, config.inner_hidden_size)
     outs = (3 * config.hidden_size, config.hidden_size, config.inner_hidden_size)
-    return all(tinygemm_group(k, scheme) for k in sizes) and all(n % 8 == 0 for n in outs)
+    return all(int4pack_group(k, scheme) for k in sizes) and all(n % 8 == 0 for n in outs)

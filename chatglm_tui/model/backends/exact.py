@@ -59,8 +59,7 @@ class ExactBackend(Backend):
 
     def convert_weight(self, weight: StoredWeight) -> dict[str, Tensor]:
         if weight.kind == "embedding" or not self.bits:
-            table = weight.data if not weight.bits else weight.dequantized()
-            return {"weight": table.to(device=self.device, dtype=self.compute_dtype)}
+            return {"weight": weight.floats().to(device=self.device, dtype=self.compute_dtype)}
         if weight.bits == self.bits:  # already in the official layout: keep the stored bytes
             stored, scale = weight.data, weight.scale
         else:

@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from chatglm_tui.model.quantize import DEFAULT_INT4_GROUP, QuantScheme
+from chatglm_tui.model.quantize import int4pack_scales
 
 log = logging.getLogger(__name__)
-_GROUPS = (256, 128, 64, 32)
 # Rows of input from which a layer dequantizes and calls cuBLAS instead of tinygemm (measured on an H200:
 # tinygemm's time grows ~linearly past 16 rows; dequantize + cuBLAS costs about as much as 64 tinygemm rows).
 DEQUANTIZE_MIN_ROWS = 64
@@ -35,14 +34,6 @@ def tinygemm_available(device: torch.device) -> bool:
     if not hasattr(torch.ops.aten, "_weight_int4pack_mm") or device.type != "cuda":
         return False
     return torch.cuda.get_device_capability(device) >= (8, 0)
-
-
-def tinygemm_group(in_features: int, scheme: QuantScheme) -> int | None:
-    """The tinygemm group size for a weight with this many inputs (None: the layout cannot hold it)."""
-    wanted = scheme.group_for(in_features) if scheme.group_size else min(DEFAULT_INT4_GROUP, in_features)
-    if in_features % 32:
-        return None
-    return next((g for g in _GROUPS if g <= wanted and wanted % g == 0 and in_features % g == 0), None)
 
 
 def inner_k_tiles(in_features: int) -> int:
@@ -59,8 +50,7 @@ def pack_tinygemm(q: Tensor, scales: Tensor, group_size: int, device: torch.devi
     u = (q.to(torch.int16) + 8).to(torch.uint8)
     pairs = ((u[:, ::2] << 4) | u[:, 1::2]).contiguous().to(device)
     packed = torch.ops.aten._convert_weight_to_int4pack(pairs, inner_k_tiles(q.shape[1]))
-    scale = scales.t().to(device=device, dtype=torch.bfloat16)
-    return packed, torch.stack((scale, torch.zeros_like(scale)), dim=-1).contiguous()
+    return packed, int4pack_scales(scales).to(device)
 
 
 @dataclass(frozen=True)

@@ -285,9 +285,10 @@ def _bf16_buffer(name: str, size: int) -> torch.Tensor:
 def pack_torch_int4(q: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """int8 values [N, K] in [-8, 7] and float32 scales [N, K / group] -> PyTorch's packed CPU int4 weight and its
     bfloat16 (scale, zero) pairs [K / group, N, 2]: it dequantizes `(u - 8) * scale + zero`, u = q + 8."""
+    from chatglm_tui.model.quantize import int4pack_scales  # pure arithmetic; keeps this module's imports torch-only
+
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu((q.to(torch.int32) + 8).contiguous(), 1)
-    scale = scales.t().to(torch.bfloat16)
-    return packed, torch.stack((scale, torch.zeros_like(scale)), dim=-1).contiguous()
+    return packed, int4pack_scales(scales)
 
 
 def torch_int4_linear(x: torch.Tensor, packed: torch.Tensor, group: int, scales_zeros: torch.Tensor,
