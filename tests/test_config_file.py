@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from chatglm_tui.config_file import save_theme_choice
-from chatglm_tui.settings import ConfigError, config_path, load_settings
+from chatglm_tui.config.editing import save_theme_choice
+from chatglm_tui.config.settings import ConfigError, config_path, load_settings
 
 
 def _write(folder: Path, file: str, text: str | bytes) -> Path:

@@ -18,7 +18,7 @@ from huggingface_hub.errors import (
 )
 
 from chatglm_tui.errors import CheckpointError
-from chatglm_tui.hub import (
+from chatglm_tui.model.hub import (
     ALLOW_PATTERNS,
     ModelNotFoundError,
     hub_cache_dir,
@@ -34,7 +34,7 @@ REPO = "owner/tiny-chatglm"
 
 @pytest.fixture(autouse=True)
 def offline_hub(tmp_path, monkeypatch) -> Path:
-    """HF_HOME in a temporary folder and the Hub offline, read at call time by chatglm_tui.hub."""
+    """HF_HOME in a temporary folder and the Hub offline, read at call time by chatglm_tui.model.hub."""
     home = tmp_path / "hf-home"
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chatglm_tui.errors import ChatGLMError
-from chatglm_tui.settings import (
+from chatglm_tui.config.settings import (
     FIELDS,
     ConfigError,
     Settings,
@@ -18,6 +17,7 @@ from chatglm_tui.settings import (
     format_settings,
     load_settings,
 )
+from chatglm_tui.errors import ChatGLMError, GenerationError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -269,10 +269,10 @@ def test_settings_are_frozen():
 def test_settings_module_imports_no_heavy_packages():
     import subprocess
 
-    code = "import sys, chatglm_tui.settings, chatglm_tui.hub; print(' '.join(sorted(sys.modules)))"
+    code = "import sys, chatglm_tui.config.settings, chatglm_tui.model.hub; print(' '.join(sorted(sys.modules)))"
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 check=True).stdout.split())
-    heavy = {"torch", "textual", "huggingface_hub", "chatglm_tui.model"}
+    heavy = {"torch", "textual", "huggingface_hub", "chatglm_tui.model.chat"}  # model/ itself is light until used
     assert not loaded & heavy
 
 
@@ -327,8 +327,15 @@ def test_values_at_the_bounds_are_accepted(tmp_path, name, value):
 
 def test_the_bounds_are_what_the_sampler_really_takes():
     torch = pytest.importorskip("torch")
-    from chatglm_tui.model.sampling import GenerationParams, TokenSampler
-    from chatglm_tui.settings import MAX_REPETITION_PENALTY, MAX_SEED, MAX_TEMPERATURE, MAX_TOP_K, MIN_DIVISOR
+    from chatglm_tui.model.params import (
+        MAX_REPETITION_PENALTY,
+        MAX_SEED,
+        MAX_TEMPERATURE,
+        MAX_TOP_K,
+        MIN_DIVISOR,
+        GenerationParams,
+    )
+    from chatglm_tui.model.sampling import TokenSampler
 
     logits = torch.randn(1, 1000, generator=torch.Generator().manual_seed(0)) * 30  # (1, V) real-model sized
     ids = torch.arange(0, 1000, 7).unsqueeze(0)  # (1, T): many tokens get the repetition penalty
@@ -339,11 +346,20 @@ def test_the_bounds_are_what_the_sampler_really_takes():
         scores = sampler.scores(ids, logits) / temperature  # penalty (and the guard), then temperature
         assert bool(torch.isfinite(scores).all()) and scores.count_nonzero() > 1  # the guard did not fire
         assert 0 <= sampler(ids, logits) < 1000
-    with pytest.raises((ValueError, RuntimeError)):  # just past the seed bound, every reply would fail
-        TokenSampler(GenerationParams(seed=MAX_SEED + 1), 1000)
+    # Just past the bounds every reply would fail. The one params type refuses such values, so they are forced in
+    # here (bypassing its check) to show what the sampler would do with them.
+    past_seed, tiny_temperature, huge = GenerationParams(), GenerationParams(top_p=1.0), GenerationParams()
+    object.__setattr__(past_seed, "seed", MAX_SEED + 1)
+    object.__setattr__(tiny_temperature, "temperature", 1e-300)
+    object.__setattr__(huge, "repetition_penalty", 1e308)
+    with pytest.raises((ValueError, RuntimeError)):
+        TokenSampler(past_seed, 1000)
     with pytest.raises(RuntimeError, match="probability tensor"):  # a tiny temperature overflows to inf
-        TokenSampler(GenerationParams(temperature=1e-300, top_p=1.0), 1000)(ids, logits)
-    huge_penalty = TokenSampler(GenerationParams(repetition_penalty=1e308), 1000)
+        TokenSampler(tiny_temperature, 1000)(ids, logits)
+    for name, value in [("seed", MAX_SEED + 1), ("temperature", 1e-300), ("repetition_penalty", 1e308)]:
+        with pytest.raises(GenerationError, match=f"invalid {name}"):
+            GenerationParams(**{name: value})
+    huge_penalty = TokenSampler(huge, 1000)
     forced = huge_penalty.scores(ids, logits)  # the penalty makes scores infinite: the guard fires
     assert float(forced[5]) == 5e4 and int(forced.count_nonzero()) == 1
     assert {huge_penalty(ids, logits) for _ in range(5)} == {5}  # so token 5 comes every time

@@ -21,6 +21,7 @@ from chatglm_tui.engine.protocol import (
     TextDelta,
 )
 from chatglm_tui.errors import ChatGLMError
+from chatglm_tui.model.params import DEFAULT_MAX_NEW_TOKENS
 
 
 class FakeEngine:
@@ -57,6 +58,18 @@ class FakeEngine:
     @property
     def context_window(self) -> int:
         return self.window
+
+    def start_loading(self, on_event: EventCallback | None = None) -> None:
+        """Run load() on a thread of its own; a failure reaches `on_event` as LoadFailed, like the worker's."""
+
+        def load_quietly() -> None:
+            try:
+                self.load(on_event)
+            except ChatGLMError:
+                pass  # already reported as LoadFailed
+
+        self._load_started.set()  # before returning: a request submitted next waits for this load
+        threading.Thread(target=load_quietly, name="fake-load", daemon=True).start()
 
     def load(self, on_event: EventCallback | None = None) -> None:
         """Send the scripted load events (blocking, like the real worker); raise ChatGLMError for `load_error`."""
@@ -124,7 +137,7 @@ class FakeEngine:
         return -(-len(text) // 2)
 
     def budget(self, history: Sequence[Round], query: str, instruction: str | None = None,
-               reserve: int = 512) -> Budget:
+               reserve: int = DEFAULT_MAX_NEW_TOKENS) -> Budget:
         history = list(history)
         costs = [self._count(q) + self._count(r) + 8 for q, r in history]
         fixed = self._count(query) + self._count(instruction or "") + 2

@@ -9,14 +9,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
-if TYPE_CHECKING:
-    from chatglm_tui.settings import Settings
+# The engine speaks the model's own types (torch-free modules): one Round, one GenerationParams, one FinishReason.
+from chatglm_tui.model.params import DEFAULT_MAX_NEW_TOKENS, FinishReason, GenerationParams
+from chatglm_tui.model.prompt import Round
 
-# A finished round of conversation: (query, reply).
-Round = tuple[str, str]
-FinishReason = Literal["eos", "length", "stopped"]
 LoadStage = Literal["download", "read", "quantize", "ready"]
 
 
@@ -24,24 +22,9 @@ def new_request_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """Generation settings; the defaults are the original `chat()`'s, with a reply limit reserved up front."""
-
-    do_sample: bool = True
-    temperature: float = 0.95
-    top_p: float = 0.7
-    top_k: int = 50
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 512  # also the reply length reserved in the context budget
-    seed: int | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SamplingParams:
-        """The configured generation settings (temperature 0 means greedy)."""
-        return cls(do_sample=settings.temperature > 0, temperature=settings.temperature, top_p=settings.top_p,
-                   top_k=settings.top_k, repetition_penalty=settings.repetition_penalty,
-                   max_new_tokens=settings.max_new_tokens, seed=settings.seed)
+# What a request runs with unless it says otherwise: the original's sampling, and a reply limit that the context
+# budget keeps room for.
+DEFAULT_PARAMS = GenerationParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -51,7 +34,7 @@ class ChatRequest:
     query: str
     history: tuple[Round, ...] = ()
     instruction: str | None = None
-    params: SamplingParams = SamplingParams()
+    params: GenerationParams = DEFAULT_PARAMS
     id: str = field(default_factory=new_request_id)
 
 
@@ -61,7 +44,7 @@ class SummarizeRequest:
 
     document: str
     question: str | None = None
-    params: SamplingParams = SamplingParams()
+    params: GenerationParams = DEFAULT_PARAMS
     id: str = field(default_factory=new_request_id)
 
 
@@ -74,6 +57,19 @@ class LoadProgress:
     done: int
     total: int
     message: str = ""
+
+
+STAGE_WORDS = {"download": "downloading", "read": "reading weights", "quantize": "quantizing", "ready": "ready"}
+
+
+def load_text(progress: LoadProgress) -> str:
+    """A load event in words, as the status bar and `ask` show it: 'reading weights 3/8', 'downloading 1.2/3.9 GB'."""
+    word = STAGE_WORDS.get(progress.stage, progress.stage)
+    if progress.stage == "ready":
+        return word
+    if progress.stage == "download" and progress.total > 1_000_000:
+        return f"{word} {progress.done / 1e9:.2f}/{progress.total / 1e9:.2f} GB"
+    return f"{word} {progress.done}/{progress.total}" if progress.total > 1 else word
 
 
 @dataclass(frozen=True)
@@ -151,6 +147,8 @@ class Budget:
     reserved: int  # room kept for the reply
     dropped_rounds: tuple[int, ...]  # oldest-first indices of rounds left out to make room
     fits: bool  # False: even alone, the query (with the instruction) leaves no room for the reply
+    # The ids of that prompt (kept rounds, instruction, query, [gMASK] <sop>), so nothing encodes it again.
+    prompt_ids: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def used(self) -> int:
@@ -167,6 +165,10 @@ class Engine(Protocol):
     @property
     def context_window(self) -> int: ...
 
+    def start_loading(self, on_event: EventCallback | None = None) -> None:
+        """Start loading the model and return at once. Progress, then LoadProgress("ready") or LoadFailed,
+        arrive on `on_event` from the loading thread; requests submitted meanwhile wait for the load."""
+
     def load(self, on_event: EventCallback | None = None) -> None:
         """Load the model (blocking), reporting progress; raises a ChatGLMError on failure."""
 
@@ -177,7 +179,7 @@ class Engine(Protocol):
         """Stop a request within one token; what was generated is kept (finished with reason "stopped")."""
 
     def budget(self, history: Sequence[Round], query: str, instruction: str | None = None,
-               reserve: int = 512) -> Budget:
+               reserve: int = DEFAULT_MAX_NEW_TOKENS) -> Budget:
         """The context budget of a prompt (tokenizer only, fast enough for every keystroke)."""
 
     def close(self, timeout: float = 1.0) -> None:

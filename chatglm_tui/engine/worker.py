@@ -7,7 +7,6 @@ GenerationFailed event and the thread serves the next request; close() joins pro
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 import threading
 import time
@@ -15,8 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from chatglm_tui import hub, paths
-from chatglm_tui.engine.budget import plan_budget, prompt_text
+from chatglm_tui import paths
+from chatglm_tui.engine.budget import plan_budget
 from chatglm_tui.engine.protocol import (
     Budget,
     ChatRequest,
@@ -25,6 +24,7 @@ from chatglm_tui.engine.protocol import (
     FinishReason,
     GenerationFailed,
     GenerationFinished,
+    GenerationParams,
     GenerationStarted,
     GenerationStats,
     LoadFailed,
@@ -33,15 +33,17 @@ from chatglm_tui.engine.protocol import (
     PrefillProgress,
     Request,
     Round,
-    SamplingParams,
     SummarizeRequest,
     TextDelta,
 )
 from chatglm_tui.engine.summarize import Summarizer
 from chatglm_tui.errors import ChatGLMError, ContextOverflowError, EngineNotReadyError
+from chatglm_tui.model import hub
+from chatglm_tui.model.params import DEFAULT_MAX_NEW_TOKENS
 from chatglm_tui.model.tokenizer import ChatGLMTokenizer
 
 if TYPE_CHECKING:  # the model (and torch) is imported on the worker thread only
+    from chatglm_tui.config.settings import Settings
     from chatglm_tui.model.chat import ChatGLM
 
 LoadCallback = Callable[[LoadProgress | LoadFailed], None]
@@ -92,11 +94,15 @@ class InferenceWorker(threading.Thread):
     def context_window(self) -> int:
         return self.glm.context_window if self.glm is not None else 2048
 
-    def load(self, on_event: EventCallback | None = None) -> None:
-        """Start the thread, load the model on it and wait; re-raise a load failure here."""
+    def start_loading(self, on_event: EventCallback | None = None) -> None:
+        """Start the thread, which loads the model first; returns at once (events arrive on `on_event`)."""
         self._on_load = on_event
         if not self.is_alive():
             self.start()
+
+    def load(self, on_event: EventCallback | None = None) -> None:
+        """Start the thread, load the model on it and wait; re-raise a load failure here."""
+        self.start_loading(on_event)
         self._ready.wait()
         if self._load_error is not None:
             raise self._load_error
@@ -109,7 +115,7 @@ class InferenceWorker(threading.Thread):
             self._cancelled.add(request_id)
 
     def budget(self, history: Sequence[Round], query: str, instruction: str | None = None,
-               reserve: int = 512) -> Budget:
+               reserve: int = DEFAULT_MAX_NEW_TOKENS) -> Budget:
         """The context budget; works as soon as the loader has read the tokenizer, else EngineNotReadyError."""
         return plan_budget(self._counting_tokenizer(), self.context_window, history, query, instruction, reserve)
 
@@ -168,10 +174,14 @@ class InferenceWorker(threading.Thread):
         self._load_error = error
         self._emit_load(LoadFailed(str(error)))
 
-    def _check(self, request_id: str) -> None:
+    def _stop_requested(self, request_id: str) -> bool:
+        """Whether the request was cancelled, or the worker is closing."""
         with self._lock:
             stopped = request_id in self._cancelled
-        if stopped or self._closing.is_set():
+        return stopped or self._closing.is_set()
+
+    def _check(self, request_id: str) -> None:
+        if self._stop_requested(request_id):
             raise _Stopped
 
     def _serve(self, request: Request, on_event: EventCallback) -> None:
@@ -194,15 +204,14 @@ class InferenceWorker(threading.Thread):
 
     def _chat(self, request: ChatRequest, on_event: EventCallback) -> None:
         params = request.params
-        budget = self.budget(request.history, request.query, request.instruction, params.max_new_tokens)
+        reserve = params.reply_reserve  # with no limit the reply may run on, past what is reserved
+        budget = self.budget(request.history, request.query, request.instruction, reserve)
         if not budget.fits:
             raise ContextOverflowError(
                 f"the message is {budget.query_tokens + budget.instruction_tokens} tokens; with room for a "
-                f"{params.max_new_tokens}-token reply it does not fit the {budget.window}-token window: "
+                f"{reserve}-token reply it does not fit the {budget.window}-token window: "
                 "shorten it, or ask for a shorter reply")
-        kept = request.history[len(budget.dropped_rounds):]
-        ids = self._model.tokenizer.encode(prompt_text(kept, request.query, request.instruction),
-                                           parse_special=False)
+        ids = list(budget.prompt_ids)
         on_event(GenerationStarted(request.id, len(ids), budget.dropped_rounds))
         text, reason, stats = self._generate(request.id, ids, params, on_event, stream=True)
         on_event(GenerationFinished(request.id, reason, text, stats))
@@ -215,7 +224,7 @@ class InferenceWorker(threading.Thread):
             ids = self._model.tokenizer.encode(prompt, parse_special=False)
             if is_final:
                 on_event(GenerationStarted(request.id, len(ids)))
-            params = dataclasses.replace(request.params, max_new_tokens=max_new_tokens)
+            params = request.params.replace(max_new_tokens=max_new_tokens)
             text, reason, stats = self._generate(request.id, ids, params, on_event, stream=is_final)
             final.update(text=text, reason=reason, stats=stats)
             if reason == "stopped":
@@ -226,7 +235,7 @@ class InferenceWorker(threading.Thread):
                                 lambda done, total: on_event(ChunkProgress(request.id, done, total)),
                                 check_cancelled=lambda: self._check(request.id))  # planning stops on cancel too
         try:
-            summarizer.run(request.document, request.question, request.params.max_new_tokens)
+            summarizer.run(request.document, request.question, request.params.reply_reserve)
         except _Stopped:
             pass
         stats = final.get("stats")
@@ -239,66 +248,26 @@ class InferenceWorker(threading.Thread):
         reason = final.get("reason", "stopped")
         on_event(GenerationFinished(request.id, reason, str(final.get("text", "")), stats))  # type: ignore[arg-type]
 
-    def _generate(self, request_id: str, ids: list[int], params: SamplingParams, on_event: EventCallback,
+    def _generate(self, request_id: str, ids: list[int], params: GenerationParams, on_event: EventCallback,
                   stream: bool) -> tuple[str, FinishReason, GenerationStats]:
         """Run one generation; emit batched deltas if `stream`; return (text, reason, stats)."""
-        from chatglm_tui.model.sampling import GenerationParams  # torch-side, imported on the worker only
-
-        start = time.perf_counter()
-        gen = GenerationParams(**dataclasses.asdict(params))  # the same fields, validated on the model side
-
-        def on_layer(done: int, total: int) -> None:
-            self._check(request_id)
-            on_event(PrefillProgress(request_id, len(ids) * done // total, len(ids)))
-
-        decoder = self._model.response_decoder()
-        batch = _DeltaBatcher(request_id, on_event if stream else None, self.flush_tokens, self.flush_seconds)
-        tokens = self._model.generate_ids(ids, gen, on_prefill_layer=on_layer)
-        reason: FinishReason = "stopped"
-        try:
-            for token in tokens:
-                batch.add(decoder.add([token]))
-                self._check(request_id)
-            reason = tokens.finish_reason or "eos"
-        except _Stopped:
-            pass
-        batch.add(decoder.flush(), final=True)
-        return decoder.text, reason, batch.stats(len(ids), start)
+        reply = self._model.stream_reply(
+            ids, params, should_stop=lambda: self._stop_requested(request_id),
+            on_prefill=lambda done, total: on_event(PrefillProgress(request_id, done, total)),
+            every_tokens=self.flush_tokens, every_seconds=self.flush_seconds)
+        for chunk in reply:
+            if stream:
+                on_event(TextDelta(request_id, chunk))
+        stats = GenerationStats(len(ids), reply.new_tokens, reply.time_to_first_token_s, reply.tokens_per_s,
+                                reply.total_s)
+        return reply.text, reply.finish_reason or "stopped", stats
 
 
-class _DeltaBatcher:
-    """Collects per-token text and sends it every few tokens or tens of milliseconds; never drops any."""
-
-    def __init__(self, request_id: str, on_event: EventCallback | None, every_tokens: int,
-                 every_seconds: float) -> None:
-        self.request_id, self.on_event = request_id, on_event
-        self.every_tokens, self.every_seconds = every_tokens, every_seconds
-        self.pending, self.pending_tokens, self.tokens = "", 0, 0
-        self.last_flush = time.perf_counter()
-        self.first_token_at: float | None = None
-
-    def add(self, text: str, final: bool = False) -> None:
-        now = time.perf_counter()
-        if not final:
-            self.tokens += 1
-            self.pending_tokens += 1
-            self.first_token_at = self.first_token_at or now
-        self.pending += text
-        due = self.pending_tokens >= self.every_tokens or now - self.last_flush >= self.every_seconds
-        if self.on_event is not None and self.pending and (due or final):
-            self.on_event(TextDelta(self.request_id, self.pending))
-            self.pending, self.pending_tokens, self.last_flush = "", 0, now
-
-    def stats(self, prompt_tokens: int, start: float) -> GenerationStats:
-        end = time.perf_counter()
-        first = self.first_token_at or end
-        rate = (self.tokens - 1) / (end - first) if self.tokens > 1 and end > first else 0.0
-        return GenerationStats(prompt_tokens, self.tokens, first - start, rate, end - start)
-
-
-def model_loader(path: str, quantization: str | None = "int4", device: str = "auto", dtype: str = "auto") -> Loader:
-    """A loader for InferenceWorker that loads a checkpoint directory with load_model()."""
-    return lambda report: _load_directory(path, quantization, device, dtype, report)
+def worker_for(settings: Settings) -> InferenceWorker:
+    """The engine for the configured model, as the chat and `ask` run it: nothing happens until it is started;
+    then the model is resolved (downloaded on first use, reporting progress) and loaded on the worker thread."""
+    quantization = None if settings.quantization == "none" else settings.quantization
+    return InferenceWorker(resolving_loader(settings.model, quantization, settings.device, settings.dtype))
 
 
 def resolving_loader(ref: str, quantization: str | None = "int4", device: str = "auto",

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from chatglm_tui.model.chat import ChatGLM, load_model
     from chatglm_tui.model.config import ChatGLMConfig
-    from chatglm_tui.model.sampling import GenerationParams
+    from chatglm_tui.model.params import GenerationParams
     from chatglm_tui.model.tokenizer import ChatGLMTokenizer
 
-_EXPORTS = {"ChatGLM": "chat", "load_model": "chat", "ChatGLMConfig": "config", "GenerationParams": "sampling",
+_EXPORTS = {"ChatGLM": "chat", "load_model": "chat", "ChatGLMConfig": "config", "GenerationParams": "params",
             "ChatGLMTokenizer": "tokenizer"}
 __all__ = sorted(_EXPORTS)
 

@@ -263,26 +263,3 @@ def run_bench(config_name: str = "6b", quantization: str = "int4", prompt_tokens
         weight_bytes=weights, bytes_per_token=per_token, bandwidth_bytes_per_s=bandwidth,
         decode_bound_tokens_per_s=bandwidth / per_token,
     )
-
-
-def format_table(result: BenchResult) -> str:
-    """The human-readable report (stable layout)."""
-    gb = 1e9
-    lines = [
-        f"chatglm bench: config {result.config}, {result.quantization}, {result.device}, {result.threads} threads",
-        f"  backend                  {result.backend}",
-        f"  load ({result.source})".ljust(27) + f"{result.load_s:8.2f} s     weights {result.weight_bytes / gb:.2f} GB",
-        f"  prefill {result.prompt_tokens:5d} tokens     {result.prefill_s:8.2f} s     "
-        f"{result.prefill_tokens_per_s:7.2f} tokens/s",
-        f"  time to first token      {result.time_to_first_token_s:8.2f} s",
-        f"  decode  {result.new_tokens:5d} tokens     {result.decode_s:8.2f} s     "
-        f"{result.decode_tokens_per_s:7.2f} tokens/s   (median {result.decode_median_ms:.0f} ms/token)",
-        f"  decode, sampled          {result.sampled_decode_tokens_per_s:7.2f} tokens/s at chat()'s defaults "
-        f"(sampling median {result.sampling_median_ms:.2f} ms/token)",
-        f"  peak RSS                 {result.peak_rss_bytes / gb:8.2f} GB    ({result.peak_rss_bytes / 2**30:.2f} GiB)"
-        + (f"   GPU peak {result.gpu_peak_bytes / gb:.2f} GB" if result.gpu_peak_bytes else ""),
-        f"  memory read bandwidth    {result.bandwidth_bytes_per_s / gb:8.2f} GB/s  -> decode bound "
-        f"{result.decode_bound_tokens_per_s:.2f} tokens/s ({result.bytes_per_token / gb:.2f} GB/token); "
-        f"decode reaches {100 * result.decode_tokens_per_s / result.decode_bound_tokens_per_s:.0f}% of it",
-    ]
-    return "\n".join(lines)

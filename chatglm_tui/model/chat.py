@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -12,13 +12,13 @@ from chatglm_tui.errors import CheckpointError
 from chatglm_tui.model.backends import Backend, resolve_device, select_backend
 from chatglm_tui.model.checkpoint import Checkpoint
 from chatglm_tui.model.generate import TokenGenerator, full_logits
+from chatglm_tui.model.load_options import QUANTIZATIONS, quantization_bits
 from chatglm_tui.model.loading import Progress, load
 from chatglm_tui.model.modeling import ChatGLMForCausalLM, LayerCallback
-from chatglm_tui.model.prompt import HALF_WIDTH_PUNCTUATION, PENDING_PATTERNS, Round, build_prompt, process_response
-from chatglm_tui.model.sampling import GenerationParams
+from chatglm_tui.model.params import GenerationParams
+from chatglm_tui.model.prompt import HALF_WIDTH_PUNCTUATION, PENDING_PATTERNS, Round, encode_prompt, process_response
+from chatglm_tui.model.reply import PrefillCallback, ReplyStream
 from chatglm_tui.model.tokenizer import CLEAN_UP_PATTERNS, ChatGLMTokenizer, IncrementalDecoder
-
-QUANTIZATIONS = ("int4", "int8")
 
 
 class ChatGLM:
@@ -50,13 +50,9 @@ class ChatGLM:
         """Logits [len(ids), vocab_size] float32 of one full forward pass (ids must end with [gMASK] <sop>)."""
         return full_logits(self.model, ids)
 
-    def prompt_ids(self, query: str, history: Sequence[Round] = ()) -> list[int]:
-        """The ids the model reads for `query` after `history`: the original template, then [gMASK] <sop>.
-
-        Special-token strings inside user text (`<sop>`, `<eop>`, ...) stay plain text here, so a pasted
-        document cannot end the prompt early or fake a round.
-        """
-        return self.tokenizer.encode(build_prompt(history, query), parse_special=False)
+    def prompt_ids(self, query: str, history: Sequence[Round] = (), instruction: str | None = None) -> list[int]:
+        """The ids the model reads for `query` after `history` (see `encode_prompt`; user text stays plain text)."""
+        return encode_prompt(self.tokenizer, history, query, instruction)
 
     def generate_ids(self, prompt_ids: Sequence[int], params: GenerationParams,
                      on_prefill_layer: LayerCallback | None = None) -> TokenGenerator:
@@ -69,32 +65,40 @@ class ChatGLM:
         return IncrementalDecoder(self.tokenizer, finalize=process_response,
                                   pending=CLEAN_UP_PATTERNS + PENDING_PATTERNS, hold_chars=HALF_WIDTH_PUNCTUATION)
 
-    def stream_chat(self, query: str, history: Sequence[Round] = (), **sampling: object) -> Iterator[str]:
-        """Yield the reply as text deltas; joined, they equal `chat()`'s reply for the same arguments."""
-        params = GenerationParams.from_kwargs(**sampling)
-        decoder = self.response_decoder()
-        for token in self.generate_ids(self.prompt_ids(query, history), params):
-            delta = decoder.add([token])
-            if delta:
-                yield delta
-        rest = decoder.flush()
-        if rest:
-            yield rest
+    def stream_reply(self, prompt_ids: Sequence[int], params: GenerationParams, *,
+                     should_stop: Callable[[], bool] | None = None, on_prefill: PrefillCallback | None = None,
+                     every_tokens: int = 1, every_seconds: float = 0.0) -> ReplyStream:
+        """The reply to `prompt_ids` as text chunks, stoppable and batched (see ReplyStream): what the engine reads."""
+        return ReplyStream(lambda on_layer: self.generate_ids(prompt_ids, params, on_prefill_layer=on_layer),
+                           self.response_decoder(),
+                           should_stop=should_stop, on_prefill=on_prefill, every_tokens=every_tokens,
+                           every_seconds=every_seconds)
 
-    def chat(self, query: str, history: Sequence[Round] = (), **sampling: object) -> str:
+    def stream_chat(self, query: str, history: Sequence[Round] = (), *, instruction: str | None = None,
+                    should_stop: Callable[[], bool] | None = None, **sampling: object) -> Iterator[str]:
+        """Yield the reply as text deltas; joined, they equal `chat()`'s reply for the same arguments.
+
+        `should_stop` is asked between tokens: when it returns True the reply ends with what was written.
+        """
+        params = GenerationParams.from_kwargs(**sampling)
+        yield from self.stream_reply(self.prompt_ids(query, history, instruction), params, should_stop=should_stop)
+
+    def chat(self, query: str, history: Sequence[Round] = (), *, instruction: str | None = None,
+             **sampling: object) -> str:
         """The reply to `query` after `history` (a list of (query, reply) pairs), post-processed like the original."""
-        return "".join(self.stream_chat(query, history, **sampling))
+        params = GenerationParams.from_kwargs(**sampling)
+        return "".join(self.stream_reply(self.prompt_ids(query, history, instruction), params))
 
 
 def plan_load(path: str | Path, quantization: str | None = None, device: str | torch.device = "auto",
               dtype: str = "auto", backend: str | None = None) -> tuple[Checkpoint, Backend]:
     """The checkpoint and the backend `load_model` would run it on, without reading any weights."""
-    if quantization not in (None, "none", *QUANTIZATIONS):
-        raise CheckpointError(f"unknown quantization {quantization!r}: use int4, int8 or none")
+    if quantization not in (None, *QUANTIZATIONS):
+        raise CheckpointError(f"unknown quantization {quantization!r}: use {', '.join(QUANTIZATIONS)}")
     resolved_device = resolve_device(device)
     checkpoint = Checkpoint.open(path)
-    bits = {"int4": 4, "int8": 8}.get(quantization or "none", 0)
-    return checkpoint, select_backend(resolved_device, dtype, checkpoint.config, bits, backend=backend)
+    return checkpoint, select_backend(resolved_device, dtype, checkpoint.config, quantization_bits(quantization),
+                                      backend=backend)
 
 
 def load_model(path: str | Path, quantization: str | None = None, device: str | torch.device = "auto",

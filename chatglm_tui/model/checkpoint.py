@@ -24,7 +24,7 @@ from torch import Tensor
 
 from chatglm_tui.errors import CheckpointError
 from chatglm_tui.model.config import ChatGLMConfig
-from chatglm_tui.regular_files import read_checkpoint_json
+from chatglm_tui.paths import read_checkpoint_json
 
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLES = ("model.safetensors", "pytorch_model.bin")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from chatglm_tui.errors import CheckpointError
-from chatglm_tui.regular_files import read_checkpoint_json
+from chatglm_tui.paths import read_checkpoint_json
 
 # The released configs carry keys we do not use (auto_map, architectures, transformers_version, ...): they are
 # ignored, never executed. `auto_map` in particular names remote code, which we never import.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -11,9 +10,8 @@ from torch import Tensor
 from chatglm_tui.errors import ContextOverflowError, GenerationError
 from chatglm_tui.model.kv_cache import KVCache
 from chatglm_tui.model.modeling import ChatGLMForCausalLM, LayerCallback
-from chatglm_tui.model.sampling import GenerationParams, TokenSampler
-
-FinishReason = Literal["eos", "length"]
+from chatglm_tui.model.params import FinishReason, GenerationParams
+from chatglm_tui.model.sampling import TokenSampler
 
 
 def prompt_layout(ids: Sequence[int], model: ChatGLMForCausalLM) -> tuple[int, int]:

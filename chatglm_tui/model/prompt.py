@@ -1,13 +1,23 @@
-"""The ChatGLM-6B chat prompt and response clean-up, exactly as the original `chat()` does them (one copy only)."""
+"""The ChatGLM-6B chat prompt and response clean-up, exactly as the original `chat()` does them (one copy only).
+
+ChatGLM-6B has no system role, so an instruction is emulated by prefixing it to the first query the model reads
+(the oldest round given, or the query itself when there is no history): `build_prompt` is the one place that
+does it, and `encode_prompt` the one place that turns a prompt into the ids the model reads.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chatglm_tui.model.tokenizer import ChatGLMTokenizer
 
 # A finished round: (query, response), the response as post-processed (that is what the original keeps).
 Round = tuple[str, str]
 
+INSTRUCTION_SEPARATOR = "\n\n"
 _TRAINING_TIME = "[[训练时间]]"
 _CJK = r"[\u4e00-\u9fff]"
 _PUNCTUATION = ((",", "，"), ("!", "！"), (":", "："), (";", "；"), ("?", "？"))
@@ -22,12 +32,28 @@ def format_round(index: int, query: str, response: str | None) -> str:
     return text if response is None else f"{text}{response}\n"
 
 
-def build_prompt(history: Sequence[Round], query: str) -> str:
-    """The prompt text the original `chat()` builds: the bare query without history, else numbered rounds."""
+def build_prompt(history: Sequence[Round], query: str, instruction: str | None = None) -> str:
+    """The prompt text the original `chat()` builds (the bare query without history, else numbered rounds), with
+    `instruction` prefixed to the first query the model reads."""
+    if instruction and history:
+        (first_query, first_reply), *rest = history
+        history = [(instruction + INSTRUCTION_SEPARATOR + first_query, first_reply), *rest]
+    elif instruction:
+        query = instruction + INSTRUCTION_SEPARATOR + query
     if not history:
         return query
     rounds = [format_round(i, q, r) for i, (q, r) in enumerate(history)]
     return "".join(rounds) + format_round(len(history), query, None)
+
+
+def encode_prompt(tokenizer: ChatGLMTokenizer, history: Sequence[Round], query: str,
+                  instruction: str | None = None) -> list[int]:
+    """The ids the model reads: the prompt, then [gMASK] <sop>.
+
+    Special-token strings inside user text (`<sop>`, `<eop>`, ...) stay plain text, so a pasted document cannot
+    end the prompt early or fake a round.
+    """
+    return tokenizer.encode(build_prompt(history, query, instruction), parse_special=False)
 
 
 def process_response(text: str) -> str:

@@ -2,59 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from chatglm_tui.errors import GenerationError
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """How to generate a reply. Defaults are the original `chat()`'s (sampling, top-p 0.7, temperature 0.95,
-    transformers' default top-k 50), with the reply limited only by the context window."""
-
-    do_sample: bool = True
-    temperature: float = 0.95
-    top_p: float = 0.7
-    top_k: int = 50
-    repetition_penalty: float = 1.0
-    max_new_tokens: int | None = None  # None: until <eop> or the context window is full
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise GenerationError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise GenerationError(f"top_k must be >= 0 (0 turns it off), got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise GenerationError(f"repetition_penalty must be > 0 (1 turns it off), got {self.repetition_penalty}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise GenerationError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-
-    @property
-    def is_greedy(self) -> bool:
-        return not self.do_sample or self.temperature == 0
-
-    def replace(self, **changes: object) -> GenerationParams:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_kwargs(cls, **kwargs: object) -> GenerationParams:
-        """Params from keyword arguments, rejecting unknown names with a clear message."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(kwargs) - names)
-        if unknown:
-            raise GenerationError(f"unknown generation option(s): {', '.join(unknown)}; "
-                                  f"known: {', '.join(sorted(names))}")
-        return cls(**kwargs)  # type: ignore[arg-type]
+from chatglm_tui.model.params import GenerationParams
 
 
 class TokenSampler:

@@ -20,7 +20,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from chatglm_tui.errors import CheckpointError
-from chatglm_tui.regular_files import read_checkpoint_json
+from chatglm_tui.paths import read_checkpoint_json
 
 TOKENIZER_FILE = "ice_text.model"
 MAX_BLANK = 80

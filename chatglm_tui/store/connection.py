@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from chatglm_tui.regular_files import file_kind, open_regular_file
+from chatglm_tui.paths import file_kind, open_regular_file
 from chatglm_tui.store.errors import StoreError
 
 SQLITE_HEADER = b"SQLite format 3\x00"

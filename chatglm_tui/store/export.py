@@ -1,7 +1,7 @@
 """Conversations to Markdown and JSON, and JSON back again (validated): pure functions, no SQL.
 
 Markdown is for reading (`sessions show`, a file opened in a pager), so its text is inert: escape sequences and
-controls are shown, never passed on (`chatglm_tui.inert`). The JSON export keeps the exact text.
+controls are shown, never passed on (`chatglm_tui.terminal.inert`). The JSON export keeps the exact text.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import dataclasses
 from datetime import datetime, timezone
 from typing import Any
 
-from chatglm_tui.inert import inert, inert_line
 from chatglm_tui.store.errors import StoreError
 from chatglm_tui.store.models import ROLES, Conversation, Message
+from chatglm_tui.terminal.inert import inert, inert_line
 
 FORMAT = "chatglm-tui/conversation"
 FORMAT_VERSION = 1

@@ -6,7 +6,7 @@ line breaks (a piped document's first line can hold all three); they are dropped
 
 from __future__ import annotations
 
-from chatglm_tui.inert import strip_escapes
+from chatglm_tui.terminal.inert import strip_escapes
 
 TITLE_LENGTH = 60
 UNTITLED = "New chat"

@@ -10,19 +10,20 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 
 from textual.app import App, SystemCommand
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
-from chatglm_tui.config_file import save_theme_choice
-from chatglm_tui.engine.protocol import Engine, Event, LoadFailed
+from chatglm_tui.config.editing import save_theme_choice
+from chatglm_tui.config.settings import Settings
+from chatglm_tui.engine.protocol import Engine
 from chatglm_tui.errors import ChatGLMError
-from chatglm_tui.inert import inert, inert_line
-from chatglm_tui.settings import Settings
+from chatglm_tui.session.chat_session import ChatSession
 from chatglm_tui.store import SessionStore
-from chatglm_tui.terminal import STOP_SIGNALS
-from chatglm_tui.tui.chat_session import ChatSession
+from chatglm_tui.terminal.inert import inert, inert_line
+from chatglm_tui.terminal.signals import STOP_SIGNALS
 from chatglm_tui.tui.commands import OpenConversationProvider, chat_commands
 from chatglm_tui.tui.keys import APP_BINDINGS, binding_rows, unknown_binding_ids
 from chatglm_tui.tui.messages import post_engine_event
@@ -57,21 +58,8 @@ class ChatApp(App[None]):
         self.apply_keymap()
         self.handle_stop_signals(install=True)
         self.push_screen(self.chat_screen)
-        # A plain daemon thread, not a Textual worker: quitting must not wait for a load that takes minutes
-        # (Textual waits for its thread workers on exit, and a blocking load cannot be interrupted).
-        threading.Thread(target=self.load_model, name="chatglm-load", daemon=True).start()
-
-    def load_model(self) -> None:
-        """On a worker thread: load the engine's model; progress and failure go to the chat screen."""
-
-        def forward(event: Event) -> None:
-            if not isinstance(event, LoadFailed):  # the failure is reported once, from the exception below
-                post_engine_event(self.chat_screen, event)
-
-        try:
-            self.engine.load(forward)
-        except ChatGLMError as exc:
-            post_engine_event(self.chat_screen, LoadFailed(str(exc)))
+        # The engine loads on its own thread; progress, readiness and a failure reach the chat screen as messages.
+        self.engine.start_loading(partial(post_engine_event, self.chat_screen))
 
     # ---------------------------------------------------------------- themes and keys
 

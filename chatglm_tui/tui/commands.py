@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.content import Content
 from textual.fuzzy import Matcher
 
-from chatglm_tui.inert import inert_line
-
-if TYPE_CHECKING:
-    from chatglm_tui.tui.app import ChatApp
+from chatglm_tui.store import SessionStore
+from chatglm_tui.terminal.inert import inert_line
 
 # (title, help, ChatScreen action) for the palette, in the order shown when the search is empty.
 CHAT_COMMANDS = (
@@ -52,13 +50,33 @@ def highlighted(matcher: Matcher, candidate: str) -> Content:
     return content
 
 
+class ConversationOpener(Protocol):
+    """The screen that shows a saved conversation (the chat screen)."""
+
+    async def open_conversation(self, conversation_id: str) -> None: ...
+
+
+class PaletteApp(Protocol):
+    """What "Open conversation…" needs of the app that lists it: a Protocol, so this module never imports the app
+    (which imports it)."""
+
+    @property
+    def store(self) -> SessionStore: ...
+
+    @property
+    def chat_screen(self) -> ConversationOpener: ...
+
+
 class OpenConversationProvider(Provider):
     """"Open conversation: <title>" for each saved conversation, newest first."""
 
+    @property
+    def palette_app(self) -> PaletteApp:
+        return cast(PaletteApp, self.app)  # only ChatApp lists this provider (in its COMMANDS)
+
     def _entries(self) -> list[tuple[str, str]]:
-        app = cast("ChatApp", self.app)
         return [(f"Open conversation: {inert_line(c.title)[:PALETTE_TITLE_LENGTH]}", c.id)
-                for c in app.store.list_conversations(limit=500)]
+                for c in self.palette_app.store.list_conversations(limit=500)]
 
     async def discover(self) -> Hits:
         for title, conversation_id in self._entries()[:10]:
@@ -74,4 +92,4 @@ class OpenConversationProvider(Provider):
                           help="Open this saved conversation")
 
     async def _open(self, conversation_id: str) -> None:
-        await cast("ChatApp", self.app).chat_screen.open_conversation(conversation_id)
+        await self.palette_app.chat_screen.open_conversation(conversation_id)

@@ -95,8 +95,8 @@ SCREEN_SIZE = (120, 36)
 
 def build_demo_app(store_path: Path, replies: tuple[str, ...] = (CODE_REPLY,), theme: str | None = None) -> ChatApp:
     """The real app on a freshly seeded demo store and the scripted engine (instant, deterministic replies)."""
+    from chatglm_tui.config.settings import Settings
     from chatglm_tui.engine.fake import FakeEngine
-    from chatglm_tui.settings import Settings
     from chatglm_tui.tui.app import make_app
 
     seed_demo_store(store_path)

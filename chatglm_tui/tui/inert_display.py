@@ -11,7 +11,7 @@ from textual import events
 from textual.content import Content
 from textual.widgets import Input
 
-from chatglm_tui.inert import inert, inert_line
+from chatglm_tui.terminal.inert import inert, inert_line
 
 
 def inert_content(text: str) -> Content:

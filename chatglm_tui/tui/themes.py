@@ -27,8 +27,8 @@ from textual.css.tokenizer import TokenError
 from textual.theme import Theme
 
 from chatglm_tui import paths
+from chatglm_tui.config.settings import toml_str
 from chatglm_tui.errors import ChatGLMError
-from chatglm_tui.settings import toml_str
 
 DEFAULT_THEME = "chatglm-dark"
 _COLOUR_KEYS = ("primary", "secondary", "accent", "foreground", "background", "surface", "panel", "boost",

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from chatglm_tui.ui_bench import Terminal
+from chatglm_tui.cli.ui_bench import Terminal
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs a Unix pseudo-terminal")
 

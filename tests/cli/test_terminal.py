@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 import json
 
-from chatglm_tui.ask import _Printer
-from chatglm_tui.inert import StreamingInert, inert, inert_json, inert_line, strip_escapes
+from chatglm_tui.cli.ask import _Printer
 from chatglm_tui.store.titles import clean_title, title_from
+from chatglm_tui.terminal.inert import StreamingInert, inert, inert_json, inert_line, strip_escapes
 
 HOSTILE = ("ok\x1b]0;pwned\x07 \x1b[2J\x1b]52;c;ZXZpbA==\x1b\\done\x9b31m\r\x00\ttab\nline"
            "\u202eevil\u202c\u2066x\u2069\ud800\x7f")

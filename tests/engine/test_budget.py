@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from chatglm_tui.engine.budget import count_prompt, plan_budget, prompt_text
+from chatglm_tui.engine.budget import plan_budget
+from chatglm_tui.model.prompt import build_prompt as prompt_text
+from chatglm_tui.model.prompt import encode_prompt
 
 WINDOW = 2048
 
@@ -21,7 +23,7 @@ def test_counts_equal_the_tokenizer_count_of_the_real_prompt(tokenizer, rounds, 
     budget = plan_budget(tokenizer, WINDOW, history, query, instruction, reserve=256)
     assert budget.fits and budget.dropped_rounds == ()
     assert budget.used == _exact(tokenizer, history, query, instruction)
-    assert budget.history_tokens == count_prompt(tokenizer, history, "")
+    assert budget.history_tokens == len(encode_prompt(tokenizer, history, ""))
     assert (budget.instruction_tokens > 0) == bool(instruction)
     assert budget.free == WINDOW - budget.used - 256
 

@@ -11,8 +11,8 @@ from chatglm_tui.engine import summarize
 from chatglm_tui.engine.protocol import (
     ChunkProgress,
     GenerationFinished,
+    GenerationParams,
     GenerationStarted,
-    SamplingParams,
     SummarizeRequest,
 )
 from chatglm_tui.engine.summarize import Summarizer, split_text
@@ -189,7 +189,7 @@ def worker(tiny_fp16):
 
 def test_the_worker_stops_planning_a_huge_one_line_document_on_cancel(worker, monkeypatch):
     document = english(1_000_000, 6, punctuated=False)
-    request = SummarizeRequest(document, params=SamplingParams(do_sample=False, max_new_tokens=16))
+    request = SummarizeRequest(document, params=GenerationParams(do_sample=False, max_new_tokens=16))
     spy = TokenizerSpy(worker.glm.tokenizer, monkeypatch)
     cancelled = threading.Event()
     marks: list[int] = []

@@ -7,23 +7,23 @@ import time
 
 import pytest
 
+from chatglm_tui.engine.budget import plan_budget
 from chatglm_tui.engine.protocol import (
     ChatRequest,
     ChunkProgress,
     GenerationFailed,
     GenerationFinished,
+    GenerationParams,
     GenerationStarted,
     LoadFailed,
     LoadProgress,
-    SamplingParams,
     SummarizeRequest,
     TextDelta,
 )
-from chatglm_tui.engine.budget import plan_budget
 from chatglm_tui.engine.worker import InferenceWorker, LoadReporter, resolving_loader
 from chatglm_tui.errors import ChatGLMError, EngineNotReadyError
 
-GREEDY = SamplingParams(do_sample=False, max_new_tokens=24)
+GREEDY = GenerationParams(do_sample=False, max_new_tokens=24)
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_history_replies_match_the_original(worker, reference):
 
 def test_cancel_mid_reply_keeps_the_partial_text(worker):
     events = Collector()
-    request = ChatRequest("写一篇很长的文章", params=SamplingParams(do_sample=False, max_new_tokens=1500))
+    request = ChatRequest("写一篇很长的文章", params=GenerationParams(do_sample=False, max_new_tokens=1500))
 
     def cancel_on_first_delta(event) -> None:
         events(event)
@@ -123,7 +123,7 @@ def test_close_returns_within_a_second_during_generation(tiny_fp16):
     engine = InferenceWorker(lambda progress: tiny_fp16)
     engine.load()
     first_delta = threading.Event()
-    engine.submit(ChatRequest("写", params=SamplingParams(do_sample=False, max_new_tokens=2000)),
+    engine.submit(ChatRequest("写", params=GenerationParams(do_sample=False, max_new_tokens=2000)),
                   lambda event: isinstance(event, TextDelta) and first_delta.set())
     assert first_delta.wait(30)
     start = time.perf_counter()
@@ -132,14 +132,13 @@ def test_close_returns_within_a_second_during_generation(tiny_fp16):
 
 
 def test_load_failure_is_raised_and_reported(tmp_path):
-    from chatglm_tui.engine.worker import model_loader
     from chatglm_tui.errors import CheckpointError
 
     events: list = []
-    engine = InferenceWorker(model_loader(str(tmp_path / "missing")))
+    engine = InferenceWorker(resolving_loader(str(tmp_path / "missing")))
     with pytest.raises(CheckpointError, match="does not exist"):
         engine.load(events.append)
-    assert isinstance(events[0], LoadProgress) and "does not exist" in events[-1].message
+    assert isinstance(events[-1], LoadFailed) and "does not exist" in events[-1].message  # resolving fails first
 
 
 def test_a_long_document_is_summarized_chunk_by_chunk_within_the_window(worker, tokenizer):
@@ -157,7 +156,7 @@ def test_a_long_document_is_summarized_chunk_by_chunk_within_the_window(worker, 
 
     worker.glm.generate_ids = recording
     events = Collector()
-    worker.submit(SummarizeRequest(document, params=SamplingParams(do_sample=False, max_new_tokens=48, seed=1)),
+    worker.submit(SummarizeRequest(document, params=GenerationParams(do_sample=False, max_new_tokens=48, seed=1)),
                   events)
     finished = events.wait(timeout=240)
     assert isinstance(finished, GenerationFinished) and finished.reason != "stopped"
@@ -168,10 +167,9 @@ def test_a_long_document_is_summarized_chunk_by_chunk_within_the_window(worker, 
 
 
 def test_load_reports_read_quantize_and_ready(fixture_dir):
-    from chatglm_tui.engine.worker import model_loader
 
     events: list = []
-    engine = InferenceWorker(model_loader(str(fixture_dir / "fp16"), quantization="int4"))
+    engine = InferenceWorker(resolving_loader(str(fixture_dir / "fp16"), quantization="int4"))
     engine.load(events.append)
     engine.close()
     stages = [e.stage for e in events]
@@ -183,7 +181,7 @@ def test_load_reports_read_quantize_and_ready(fixture_dir):
 def test_summaries_are_deterministic_with_a_seed_and_cancellable(worker):
     document = "\n\n".join(f"Paragraph {i}: " + "the quick brown fox jumps over the lazy dog. " * 30
                            for i in range(60))
-    params = SamplingParams(max_new_tokens=16, seed=7)  # sampling on, seeded
+    params = GenerationParams(max_new_tokens=16, seed=7)  # sampling on, seeded
     texts = []
     for _ in range(2):
         events = Collector()
@@ -222,7 +220,7 @@ def test_resolving_loader_loads_a_directory_with_the_tokenizer_first(fixture_dir
 
 
 def test_resolving_loader_reports_the_download(fixture_dir, monkeypatch):
-    from chatglm_tui import hub
+    from chatglm_tui.model import hub
 
     calls: list = []
 
@@ -247,7 +245,7 @@ def test_resolving_loader_reports_the_download(fixture_dir, monkeypatch):
 @pytest.mark.parametrize(("ref", "expected"), [("missing-dir/model/int4", "does not exist"),
                                                ("owner/absent", "cannot be reached")])
 def test_a_reference_that_cannot_be_resolved_fails_the_load(ref, expected, tmp_path, monkeypatch):
-    from chatglm_tui.hub import ModelNotFoundError
+    from chatglm_tui.model.hub import ModelNotFoundError
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from chatglm_tui.errors import CheckpointError
-from chatglm_tui.hub import model_info
 from chatglm_tui.model import load_model
-from chatglm_tui.model.config import ChatGLMConfig
 from chatglm_tui.model.checkpoint import find_weight_files
+from chatglm_tui.model.config import ChatGLMConfig
+from chatglm_tui.model.hub import model_info
 from chatglm_tui.model.tokenizer import ChatGLMTokenizer
-from chatglm_tui.regular_files import MAX_JSON_BYTES, read_checkpoint_json
+from chatglm_tui.paths import MAX_JSON_BYTES, read_checkpoint_json
+
 
 @pytest.fixture
 def model_dir(fixture_dir, tmp_path) -> Path:

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from textual.widgets import OptionList
 
+from chatglm_tui.config.settings import Settings
 from chatglm_tui.engine.fake import FakeEngine
-from chatglm_tui.settings import Settings
 from chatglm_tui.store import Message, SessionStore
 from chatglm_tui.tui.app import ChatApp, make_app
+
 
 async def wait_for(pilot: Any, predicate: Callable[[], object], timeout: float = 5.0,
                    what: str | None = None) -> None:
@@ -69,7 +70,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
         recorded.tool_copies.append(text)
         return None
 
-    monkeypatch.setattr("chatglm_tui.tui.screens.chat_actions.copy_with_tool", fake_tool)
+    monkeypatch.setattr("chatglm_tui.tui.conversation_actions.copy_with_tool", fake_tool)
     return recorded
 
 

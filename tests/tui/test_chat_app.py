@@ -12,15 +12,15 @@ from textual import events
 from textual.command import CommandPalette
 from textual.widgets import Markdown, OptionList
 
+from chatglm_tui.config.settings import Settings, config_path
 from chatglm_tui.engine.fake import FakeEngine
 from chatglm_tui.engine.protocol import (
     ChatRequest,
     GenerationFailed,
+    GenerationParams,
     GenerationStarted,
-    SamplingParams,
     TextDelta,
 )
-from chatglm_tui.settings import Settings, config_path
 from chatglm_tui.tui.clipboard import last_copy_path
 from chatglm_tui.tui.screens.chat import ChatScreen
 from chatglm_tui.tui.screens.help import HelpScreen
@@ -71,7 +71,7 @@ async def test_send_shows_the_question_and_the_streamed_reply_and_saves_both(bui
         assert first.query == "  What is ChatGLM?\nTell me more."
         assert first.history == ()
         assert first.instruction == "Be terse."
-        assert first.params == SamplingParams(do_sample=True, temperature=0.4, top_p=0.5, top_k=50,
+        assert first.params == GenerationParams(do_sample=True, temperature=0.4, top_p=0.5, top_k=50,
                                               repetition_penalty=1.0, max_new_tokens=300, seed=None)
 
         await ui.send(pilot, "And then?")

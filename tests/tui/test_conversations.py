@@ -7,9 +7,9 @@ from pathlib import Path
 
 from textual.widgets import Button, Input, OptionList, TextArea
 
+from chatglm_tui.config.settings import Settings
 from chatglm_tui.engine.fake import FakeEngine
 from chatglm_tui.engine.protocol import ChatRequest
-from chatglm_tui.settings import Settings
 from chatglm_tui.tui.screens.chat import ChatScreen
 from chatglm_tui.tui.screens.conversation_settings import ConversationSettingsScreen
 from chatglm_tui.tui.screens.modals import ConfirmScreen, TextPromptScreen

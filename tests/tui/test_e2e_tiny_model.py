@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 
+from chatglm_tui.config.settings import Settings
 from chatglm_tui.engine.budget import plan_budget
 from chatglm_tui.engine.worker import InferenceWorker, resolving_loader
-from chatglm_tui.settings import Settings
 from chatglm_tui.store import SessionStore
 from chatglm_tui.tui.app import make_app
 from chatglm_tui.tui.widgets.budget_meter import BudgetMeter

@@ -12,7 +12,7 @@ from textual.command import CommandPalette
 from textual.widgets import Input, Markdown, OptionList, Static
 
 from chatglm_tui.engine.fake import FakeEngine
-from chatglm_tui.inert import inert
+from chatglm_tui.terminal.inert import inert
 from chatglm_tui.tui.screens.chat import ChatScreen
 from chatglm_tui.tui.screens.modals import ConfirmScreen, TextPromptScreen
 

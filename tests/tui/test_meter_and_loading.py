@@ -6,9 +6,9 @@ import threading
 
 from textual.widgets import Button, ProgressBar, Static
 
+from chatglm_tui.config.settings import Settings
 from chatglm_tui.engine.fake import FakeEngine
 from chatglm_tui.engine.protocol import LoadProgress
-from chatglm_tui.settings import Settings
 from chatglm_tui.tui.screens.chat import ChatScreen
 from chatglm_tui.tui.screens.load_error import LoadErrorScreen
 from chatglm_tui.tui.widgets.budget_meter import BudgetMeter

@@ -7,9 +7,9 @@ import threading
 
 from textual.widgets import OptionList
 
+from chatglm_tui.config.settings import Settings
 from chatglm_tui.engine.fake import FakeEngine
 from chatglm_tui.engine.protocol import GenerationFailed, GenerationStarted, LoadProgress
-from chatglm_tui.settings import Settings
 from chatglm_tui.tui.screens.modals import ConfirmScreen
 
 SIZE = (120, 40)

@@ -13,7 +13,7 @@ from textual.color import Color
 from textual.theme import Theme
 from textual.widgets import Footer, Input, Markdown, OptionList
 
-from chatglm_tui.settings import Settings
+from chatglm_tui.config.settings import Settings
 from chatglm_tui.tui.themes import (
     DEFAULT_THEME,
     SHIPPED_THEMES_DIR,

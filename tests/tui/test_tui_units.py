@@ -11,20 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from chatglm_tui.engine.protocol import Budget, LoadProgress, SamplingParams
-from chatglm_tui.store import Message
-from chatglm_tui.tui import clipboard
+from chatglm_tui.engine.protocol import Budget, GenerationParams, LoadProgress, load_text
+from chatglm_tui.session.tree import MessageTree
+from chatglm_tui.store import Message, rounds_of
 from chatglm_tui.store.titles import TITLE_LENGTH, title_from
-from chatglm_tui.tui.chat_session import params_from
+from chatglm_tui.tui import clipboard
 from chatglm_tui.tui.clipboard import describe_copy, last_copy_path, save_copy
 from chatglm_tui.tui.code_blocks import CodeBlock, code_blocks
+from chatglm_tui.tui.conversation_actions import export_path, find_editor
 from chatglm_tui.tui.keys import KNOWN_IDS, binding_rows, unknown_binding_ids
-from chatglm_tui.tui.screens.chat_actions import export_path, find_editor
-from chatglm_tui.store import rounds_of
-from chatglm_tui.tui.tree import MessageTree
 from chatglm_tui.tui.widgets.budget_meter import bar_cells, describe_dropped
 from chatglm_tui.tui.widgets.sidebar import age
-from chatglm_tui.tui.widgets.status_bar import load_text
 
 
 def msg(id: int, role: str, parent: int | None, text: str | None = None) -> Message:
@@ -163,15 +160,15 @@ def test_title_from_shortens_long_lines_to_the_limit():
 
 
 def test_params_from_overrides_defaults_and_ignores_unknown_keys():
-    defaults = SamplingParams(temperature=0.95, top_p=0.7, max_new_tokens=512)
-    params = params_from({"temperature": 0.2, "max_new_tokens": 64, "from_a_later_version": True}, defaults)
-    assert params == SamplingParams(do_sample=True, temperature=0.2, top_p=0.7, top_k=50, max_new_tokens=64)
-    assert params_from({}, defaults) == defaults
+    defaults = GenerationParams(temperature=0.95, top_p=0.7, max_new_tokens=512)
+    params = defaults.updated_from({"temperature": 0.2, "max_new_tokens": 64, "from_a_later_version": True})
+    assert params == GenerationParams(do_sample=True, temperature=0.2, top_p=0.7, top_k=50, max_new_tokens=64)
+    assert defaults.updated_from({}) == defaults
 
 
 def test_params_from_derives_do_sample_from_the_temperature():
-    assert params_from({"temperature": 0, "do_sample": True}, SamplingParams()).do_sample is False
-    assert params_from({"do_sample": False}, SamplingParams(temperature=0.5)).do_sample is True
+    assert GenerationParams().updated_from({"temperature": 0, "do_sample": True}).do_sample is False
+    assert GenerationParams(temperature=0.5).updated_from({"do_sample": False}).do_sample is True
 
 
 # ------------------------------------------------------------------------------------------------ the meter's bar
@@ -340,10 +337,10 @@ def test_find_editor_prefers_visual_then_editor(monkeypatch):
 def test_find_editor_falls_back_to_an_installed_editor(monkeypatch):
     monkeypatch.delenv("VISUAL", raising=False)
     monkeypatch.delenv("EDITOR", raising=False)
-    monkeypatch.setattr("chatglm_tui.tui.screens.chat_actions.shutil.which",
+    monkeypatch.setattr("chatglm_tui.tui.conversation_actions.shutil.which",
                         lambda name: "/usr/bin/vim" if name in ("vim", "vi") else None)
     assert find_editor() == ["vim"]
-    monkeypatch.setattr("chatglm_tui.tui.screens.chat_actions.shutil.which", lambda name: None)
+    monkeypatch.setattr("chatglm_tui.tui.conversation_actions.shutil.which", lambda name: None)
     assert find_editor() is None
 
 
@@ -392,4 +389,7 @@ def test_the_tui_imports_no_torch():
     loaded = _loaded_after("import chatglm_tui.tui.app; from chatglm_tui.engine.fake import FakeEngine")
     assert "chatglm_tui.tui.app" in loaded and "textual" in loaded
     assert "torch" not in loaded and "transformers" not in loaded
-    assert not {name for name in loaded if name.startswith("chatglm_tui.model")}
+    # Only the model's torch-free types (the one Round, GenerationParams and load options) reach the app.
+    shared_types = {"chatglm_tui.model", "chatglm_tui.model.prompt", "chatglm_tui.model.params",
+                    "chatglm_tui.model.load_options"}
+    assert not {name for name in loaded if name.startswith("chatglm_tui.model")} - shared_types

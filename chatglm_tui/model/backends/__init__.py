@@ -16,6 +16,7 @@ from chatglm_tui.model.backends.cuda import CudaBackend, memory_needed, sizes_fi
 from chatglm_tui.model.backends.exact import ExactBackend
 from chatglm_tui.model.backends.tinygemm import tinygemm_available
 from chatglm_tui.model.config import ChatGLMConfig
+from chatglm_tui.model.load_options import DEVICE_RULE, DTYPES, is_device_name
 from chatglm_tui.model.quantize import choose_scheme
 
 __all__ = ["Backend", "StoredWeight", "ExactBackend", "CpuBackend", "CudaBackend", "BACKENDS", "select_backend",
@@ -31,10 +32,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     (Apple's Metal stays explicit: its float16 path is not faster than the CPU kernels for this model)."""
     if str(device) == "auto":
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise DeviceError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    if isinstance(device, str) and not is_device_name(device):
+        raise DeviceError(f"unknown device {device!r}: use {DEVICE_RULE}")
+    resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError("device 'cuda' was asked for but no CUDA GPU is available: use --device cpu")
     if resolved.type == "mps" and not torch.backends.mps.is_available():
@@ -47,7 +47,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.float32 if device.type == "cpu" else torch.float16
     if dtype not in _DTYPES:
-        raise DeviceError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+        raise DeviceError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     return _DTYPES[dtype]
 
 

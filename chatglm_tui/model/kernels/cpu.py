@@ -1,10 +1,10 @@
 """INT4 / INT8 weight-only linear layers for CPU.
 
-Fast path: the AVX2 C extension `_cpu` (activations quantised to int8 per 32 values,
-integer dot products, OpenMP over output rows, GIL released). Large batches (prefill)
-dequantise into a float32 scratch with the C kernel and use MKL through `F.linear`.
-Without the extension or without AVX2/FMA/F16C every function falls back to pure
-PyTorch with exact dequantised float32 math.
+Fast path: the C extension `_cpu` (activations quantised to int8 per 32 values, integer
+dot products, OpenMP over output rows, GIL released). The level is chosen at run time
+(`LEVELS`, `chosen_level`): at "avx512-bf16" prompts unpack int4 to bfloat16 for oneDNN's
+GEMM; at "avx2" the integer kernel does everything; "torch" uses torch's int4pack kernel
+where the extension cannot run, and "pytorch" exact dequantised float32 math.
 
 INT4 packed layout (`PackedInt4.data`, uint8 [S, ceil(N/4), L/64, 4, 32]): the inputs
 are cut into S segments of L = 4096 values (L = K when K is not a multiple of 4096),

@@ -1,26 +1,32 @@
-"""The chat screen: sidebar, transcript, prompt, context meter and status bar, and the flow of a reply.
+"""The chat screen: sidebar, transcript, prompt, context meter and status bar.
 
-It is the only place that sends requests and (through `ChatSession`) saves: the question when it is sent, the
-reply when it finishes or is stopped. Engine events arrive as `tui.messages` posted from the worker thread.
+The screen draws and routes; the parts it is composed of act, and reach it only as a `ChatHost`: `ReplyFlow`
+sends questions and follows and saves the reply, `QuestionEdit` holds an edit of a question, and
+`ConversationActions` opens, renames, exports, deletes and copies. Engine events arrive as `tui.messages`
+posted from the worker thread and are handed to the reply flow.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Button, Footer, Static
+from textual.widgets import Button, Footer, Input, Static
 
-from chatglm_tui.engine.protocol import Engine, GenerationFailed, GenerationFinished, GenerationStats
+from chatglm_tui.engine.protocol import Engine
 from chatglm_tui.errors import ChatGLMError
-from chatglm_tui.inert import inert_line
-from chatglm_tui.store import Message, StoreError
-from chatglm_tui.tui.chat_session import ChatSession, PendingReply
+from chatglm_tui.session.chat_session import ChatSession, PendingReply
+from chatglm_tui.store import StoreError
+from chatglm_tui.terminal.inert import inert_line
+from chatglm_tui.tui.conversation_actions import ConversationActions
+from chatglm_tui.tui.inert_display import inert_label
 from chatglm_tui.tui.messages import (
     ModelLoadFailed,
     ModelLoadProgressed,
@@ -31,7 +37,8 @@ from chatglm_tui.tui.messages import (
     ReplyStarted,
     post_engine_event,
 )
-from chatglm_tui.tui.screens.chat_branches import BranchActions
+from chatglm_tui.tui.question_edit import QuestionEdit
+from chatglm_tui.tui.reply_flow import ReplyFlow
 from chatglm_tui.tui.widgets.budget_meter import BudgetMeter
 from chatglm_tui.tui.widgets.conversation import Conversation, Entry
 from chatglm_tui.tui.widgets.message_view import MessageView, Versions
@@ -40,9 +47,11 @@ from chatglm_tui.tui.widgets.sidebar import Sidebar
 from chatglm_tui.tui.widgets.status_bar import StatusBar
 
 BUDGET_DELAY = 0.08  # seconds of typing pause before the meter recounts (exact counts cost ~1-6 ms)
+EDIT_BANNER = ("Editing a question: Enter sends it as a new version (the old one stays: ←/→ on it) · "
+               "Esc cancels")
 
 
-class ChatScreen(BranchActions):
+class ChatScreen(Screen[None]):
     """The main screen."""
 
     BINDINGS = [
@@ -82,14 +91,11 @@ class ChatScreen(BranchActions):
         self.initial_conversation, self.clock = conversation_id, clock
         self.session, self.engine = session, engine
         self.model_label = model_label
-        self.pending: PendingReply | None = None
-        self.reply_view: MessageView | None = None  # None while the pending reply's chat is not on screen
-        self.streamed = ""  # the pending reply's text so far, kept here too: its view may be gone
-        self.reply_started = False  # the engine has begun the pending request (else it waits in a queue)
-        self.editing: int | None = None  # the message being edited, if any
-        self.load_state = "loading"
-        self.load_error = ""
+        self.load_state, self.load_error = "loading", ""  # the model's, as the status bar shows it
         self._budget_timer: Timer | None = None
+        self.question_edit = QuestionEdit(self)
+        self.reply_flow = ReplyFlow(self, engine, self.question_edit, partial(post_engine_event, self))
+        self.conversation_actions = ConversationActions(self, self.reply_flow)
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
@@ -111,14 +117,38 @@ class ChatScreen(BranchActions):
         self.query_one(PromptInput).focus()
         self.set_interval(self.STORE_POLL_SECONDS, self.watch_store)
 
+    # ---------------------------------------------------------------- the parts' state (the demo and tests read it)
+
+    @property
+    def pending(self) -> PendingReply | None:
+        return self.reply_flow.pending
+
+    @property
+    def reply_view(self) -> MessageView | None:
+        return self.reply_flow.reply_view
+
+    @property
+    def streamed(self) -> str:
+        return self.reply_flow.streamed
+
+    @property
+    def editing(self) -> int | None:
+        return self.question_edit.editing
+
     # ---------------------------------------------------------------- widgets
 
-    def entry(self, message: Message) -> Entry:
-        return Entry(message, Versions(*self.session.versions(message)))
+    @property
+    def conversation(self) -> Conversation:
+        return self.query_one(Conversation)
+
+    @property
+    def prompt(self) -> PromptInput:
+        return self.query_one(PromptInput)
 
     async def show_branch(self, focus: int | None = None) -> None:
         """Render the branch on screen from the session (after opening, switching version or editing)."""
-        await self.conversation.show([self.entry(message) for message in self.session.branch])
+        versions = self.session.versions
+        await self.conversation.show([Entry(message, Versions(*versions(message))) for message in self.session.branch])
         self.show_title()
         self.refresh_budget()
         for view in self.conversation.views:
@@ -126,29 +156,80 @@ class ChatScreen(BranchActions):
                 view.focus()
                 view.scroll_visible(animate=False)
 
+    def show_title(self) -> None:
+        """The conversation's title above the transcript."""
+        conversation = self.session.conversation
+        self.query_one("#chat-title", Static).update(inert_label(conversation.title) if conversation else "New chat")
+
+    def show_editing(self, message_id: int | None) -> None:
+        """The edit banner, and the question being edited marked, while one is (None: no edit)."""
+        banner = self.query_one("#edit-banner", Static)
+        banner.update(EDIT_BANNER if message_id is not None else "")
+        banner.display = message_id is not None
+        for view in self.conversation.views:
+            view.set_class(view.message is not None and view.message.id == message_id, "-editing")
+
+    def show_reply_speed(self, text: str) -> None:
+        self.query_one(StatusBar).speed = text
+
     def stop_for_switch(self, discard: bool = False) -> None:
         """Leaving the chat on screen: stop its reply (saved as stopped, unless `discard`) and end an edit."""
-        if self.pending is not None:
-            self.engine.cancel(self.pending.request.id)
-            if discard:  # its conversation is being deleted: nothing to save it into
-                self.pending = None
-                self.refresh_bindings()
-            else:
-                self.notify("The reply was stopped; what it had written is saved in its chat.")
-        self.reply_view = None
-        self.end_edit()
+        self.reply_flow.leave_chat(discard)
+        self.question_edit.end()
 
     def action_scroll_transcript(self, pages: int) -> None:
         """Page through the transcript from anywhere, the prompt included (reading while typing)."""
-        conversation = self.conversation
         if pages < 0:
-            conversation.scroll_page_up(animate=False)
+            self.conversation.scroll_page_up(animate=False)
         else:
-            conversation.scroll_page_down(animate=False)
+            self.conversation.scroll_page_down(animate=False)
 
     @on(Button.Pressed, "#show-earlier")
     async def show_earlier(self) -> None:
         await self.conversation.show_earlier()
+
+    # ---------------------------------------------------------------- the sidebar
+
+    def refresh_sidebar(self, only_if_changed: bool = False) -> None:
+        """List the saved conversations (filtered); with `only_if_changed`, redraw only if the store changed."""
+        sidebar = self.query_one(Sidebar)
+        conversations = self.conversation_actions.matching(sidebar.filter_text.strip())
+        if only_if_changed and conversations == sidebar.conversations:
+            return  # redrawing would reset the list's scroll and highlight for nothing
+        sidebar.show(conversations, self.session.id)
+
+    def watch_store(self) -> None:
+        """Every few seconds: show conversations that `chatglm ask` or another window added, renamed or deleted."""
+        try:
+            self.refresh_sidebar(only_if_changed=True)
+        except StoreError:
+            pass  # a busy or briefly unreadable database: the next tick tries again
+
+    def store_problem(self, exc: StoreError) -> None:
+        """A store operation failed (deleted elsewhere, disk full…): say so and refresh the list; the app goes on."""
+        self.notify(f"{exc}. The list of conversations is refreshed.", title="Not done", severity="error",
+                    timeout=10)
+        self.refresh_sidebar()
+
+    @on(Sidebar.FilterChanged)
+    def filter_sidebar(self) -> None:
+        self.refresh_sidebar()
+
+    @on(Sidebar.Selected)
+    async def open_selected(self, event: Sidebar.Selected) -> None:
+        await self.open_conversation(event.conversation_id)
+
+    async def open_conversation(self, conversation_id: str) -> None:
+        """Show a saved conversation (a reply being written is stopped first and saved as stopped)."""
+        await self.conversation_actions.open(conversation_id)
+
+    def action_find_chat(self) -> None:
+        self.query_one("#sidebar").display = True
+        self.query_one("#conversation-filter", Input).focus()
+
+    def action_toggle_sidebar(self) -> None:
+        sidebar = self.query_one("#sidebar")
+        sidebar.display = not sidebar.display
 
     # ---------------------------------------------------------------- the context meter
 
@@ -167,7 +248,7 @@ class ChatScreen(BranchActions):
             rounds[-1] = (rounds[-1][0], self.streamed)  # the round being answered, with the reply so far
         try:
             budget = self.engine.budget(rounds, self.prompt.text, self.session.instruction,
-                                        reserve=self.session.params.max_new_tokens)
+                                        reserve=self.session.params.reply_reserve)
         except ChatGLMError:  # no tokenizer yet (or ever, when the load failed)
             meter.budget = None
             meter.note = ("not counted: the model's tokenizer is not loaded" if self.load_state == "failed"
@@ -176,6 +257,16 @@ class ChatScreen(BranchActions):
         meter.budget = budget
         left_out = {message_id for index in budget.dropped_rounds for message_id in sources[index]}
         self.conversation.mark_left_out(left_out)
+
+    def prompt_fits(self) -> bool:
+        """Whether the prompt as it is now (not at the last typing pause) fits in the window; says if not."""
+        self.refresh_budget()
+        budget = self.query_one(BudgetMeter).budget
+        if budget is not None and not budget.fits:
+            self.notify("This message does not fit in the context window: shorten it, or lower the reply limit "
+                        "(F3).", severity="error")
+            return False
+        return True
 
     # ---------------------------------------------------------------- model loading
 
@@ -187,16 +278,14 @@ class ChatScreen(BranchActions):
             self.refresh_budget()  # the tokenizer arrives before the weights: count as soon as it can
 
     def on_model_load_failed(self, message: ModelLoadFailed) -> None:
-        from chatglm_tui.settings import config_path
+        from chatglm_tui.config.settings import config_path
         from chatglm_tui.tui.screens.load_error import LoadErrorScreen
 
         self.load_state, self.load_error = "failed", message.event.message
         status = self.query_one(StatusBar)
         status.state, status.detail = "failed", "model not loaded (F1 for help)"
         self.refresh_budget()
-        if self.pending is not None:  # a message sent while loading will never be answered: say so
-            self.post_message(ReplyFailed(GenerationFailed(self.pending.request.id,
-                                                           f"the model is not loaded: {message.event.message}")))
+        self.reply_flow.model_failed(message.event.message)
 
         def quit_if_asked(quit_app: bool | None) -> None:
             if quit_app:
@@ -205,140 +294,31 @@ class ChatScreen(BranchActions):
         self.app.push_screen(LoadErrorScreen(message.event.message, self.model_label[0], str(config_path())),
                              quit_if_asked)
 
-    # ---------------------------------------------------------------- sending and streaming
+    # ---------------------------------------------------------------- the reply, handed to its flow
 
     @on(PromptInput.Submitted)
     async def send(self, event: PromptInput.Submitted) -> None:
-        if not self.can_generate():
-            return
-        self.refresh_budget()  # count what is in the prompt now, not what was there at the last pause
-        budget = self.query_one(BudgetMeter).budget
-        if budget is not None and not budget.fits:
-            self.notify("This message does not fit in the context window: shorten it, or lower the reply limit "
-                        "(F3).", severity="error")
-            return
-        text, edit_of = event.text.strip("\n"), self.editing
-        try:
-            message, pending = self.session.send(text, edit_of=edit_of)
-        except StoreError as exc:  # the prompt keeps the text
-            self.store_problem(exc)
-            return
-        self.prompt.remember(text)
-        self.prompt.clear()
-        self.end_edit()
-        if edit_of is not None:
-            await self.show_branch()
-        else:
-            await self.conversation.add(MessageView(message))
-            self.show_title()  # the first message names a new conversation
-        await self.start_reply(pending)
-        self.refresh_sidebar()
-
-    def can_generate(self) -> bool:
-        """Whether a new reply may start now; says why not."""
-        if self.pending is not None:
-            self.notify("A reply is being written: wait for it, or press Esc to stop it.", severity="warning")
-            return False
-        if self.load_state == "failed":
-            self.notify(f"The model is not loaded: {self.load_error}", severity="error")
-            return False
-        return True
-
-    async def start_reply(self, pending: PendingReply) -> None:
-        self.pending, self.streamed, self.reply_started = pending, "", False
-        self.reply_view = await self.conversation.add(MessageView(None))
-        self.reply_view.note = "waiting for the model to load…" if self.load_state == "loading" else ""
-        self.reply_view.refresh_header()
-        self.refresh_bindings()
-        self.engine.submit(pending.request, lambda engine_event: post_engine_event(self, engine_event))
-
-    def is_pending(self, request_id: str) -> bool:
-        return self.pending is not None and self.pending.request.id == request_id
+        if self.reply_flow.can_generate() and self.prompt_fits():
+            await self.reply_flow.send(event.text.strip("\n"))
 
     def on_reply_started(self, message: ReplyStarted) -> None:
-        if self.is_pending(message.event.request_id):
-            self.reply_started = True
-        pending = self.pending
-        if (pending is None or not self.is_pending(message.event.request_id) or self.reply_view is None
-                or pending.conversation_id != self.session.id):
-            return  # the user has moved to another chat meanwhile
-        _, sources = self.session.history(before=pending.parent_id)
-        dropped = {message_id for index in message.event.dropped_rounds for message_id in sources[index]}
-        self.conversation.mark_left_out(dropped)
-        self.reply_view.note = "reading the prompt…"
-        self.reply_view.refresh_header()
+        self.reply_flow.handle_started(message.event)
 
     def on_prompt_read(self, message: PromptRead) -> None:
-        if self.is_pending(message.event.request_id) and self.reply_view is not None:
-            event = message.event
-            self.reply_view.note = f"reading the prompt {event.done}/{event.total}"
-            self.reply_view.refresh_header()
+        self.reply_flow.handle_prompt_read(message.event)
 
     async def on_reply_delta(self, message: ReplyDelta) -> None:
-        if not self.is_pending(message.event.request_id):
-            return
-        self.streamed += message.event.text
-        view = self.reply_view
-        if view is None:  # its chat is not on screen
-            return
-        if view.note:
-            view.note = ""
-            view.refresh_header()
-        await view.append(message.event.text)
+        await self.reply_flow.handle_delta(message.event)
 
     async def on_reply_finished(self, message: ReplyFinished) -> None:
-        if not self.is_pending(message.event.request_id) or self.pending is None:
-            return
-        pending, view = self.pending, self.reply_view
-        self.pending, self.reply_view = None, None
-        try:
-            saved = self.session.save_reply(pending, message.event)
-        except StoreError as exc:  # its conversation was deleted elsewhere meanwhile
-            self.store_problem(exc)
-            if view is not None and view.is_attached:
-                await view.finish(None, message.event.text)
-            self.refresh_bindings()
-            return
-        stats = message.event.stats
-        rate = f" · {stats.tokens_per_s:.1f} tok/s" if stats.tokens_per_s else ""
-        self.query_one(StatusBar).speed = f"last reply {stats.new_tokens} tokens{rate}"
-        if view is not None and view.is_attached:
-            view.versions = Versions(*self.session.versions(saved))
-            await view.finish(saved)
-        elif pending.conversation_id == self.session.id:
-            await self.show_branch()  # back in its chat before the reply ended: show it where it belongs
-        if message.event.reason == "stopped":
-            self.notify("Stopped. The partial reply is saved and marked stopped.")
-        self.refresh_bindings()
-        self.refresh_budget()
-        self.refresh_sidebar()
+        await self.reply_flow.handle_finished(message.event)
 
     async def on_reply_failed(self, message: ReplyFailed) -> None:
-        if not self.is_pending(message.event.request_id):
-            return
-        pending, view = self.pending, self.reply_view
-        self.pending, self.reply_view = None, None
-        self.notify(message.event.message, title="The reply failed", severity="error", timeout=10)
-        self.refresh_bindings()
-        if pending is not None and self.session.reply_failed(pending):
-            await self.show_branch()  # a failed regenerate: the reply it was to replace is shown again
-        elif view is not None and view.is_attached:
-            await view.finish(None, f"*The reply failed: {message.event.message}*\n\nPress ctrl+r to try again.")
+        await self.reply_flow.handle_failed(message.event)
 
     def save_partial(self) -> None:
         """On quit mid-reply: save what was written, marked stopped (the engine is closed right after)."""
-        if self.pending is None or not self.streamed:
-            return
-        stats = GenerationStats(0, 0, 0.0, 0.0, 0.0)
-        finished = GenerationFinished(self.pending.request.id, "stopped", self.streamed, stats)
-        self.engine.cancel(self.pending.request.id)
-        try:
-            self.session.save_reply(self.pending, finished)
-        except StoreError:
-            pass  # its conversation was deleted elsewhere: there is nothing to save it into
-        self.pending = None
-
-    # ---------------------------------------------------------------- stop, regenerate, edit, versions
+        self.reply_flow.save_partial()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop":
@@ -350,13 +330,69 @@ class ChatScreen(BranchActions):
     async def action_stop(self) -> None:
         """Esc: stop the reply (it is saved, marked stopped), or cancel an edit."""
         if self.pending is None:
-            self.end_edit()
+            self.question_edit.end()
+        else:
+            await self.reply_flow.stop()
+
+    async def action_regenerate(self) -> None:
+        await self.reply_flow.regenerate()
+
+    def action_edit_last(self) -> None:
+        self.question_edit.edit_last()
+
+    # ---------------------------------------------------------------- a focused message's requests
+
+    @on(MessageView.CopyRequested)
+    def copy_message(self, event: MessageView.CopyRequested) -> None:
+        self.conversation_actions.copy_text("the message", event.view.text)
+
+    @on(MessageView.CodeCopyRequested)
+    def copy_message_code(self, event: MessageView.CodeCopyRequested) -> None:
+        self.conversation_actions.copy_code_from(event.view.text)
+
+    @on(MessageView.EditRequested)
+    def edit_message(self, event: MessageView.EditRequested) -> None:
+        if event.view.message is None:
+            self.notify("Wait for the reply to finish first.", severity="warning")
+        else:
+            self.question_edit.edit(event.view.message)
+
+    @on(MessageView.VersionRequested)
+    async def switch_version(self, event: MessageView.VersionRequested) -> None:
+        message = event.view.message
+        if message is None or self.pending is not None:
+            self.notify("Wait for the reply to finish (or stop it) before switching versions.", severity="warning")
             return
-        self.engine.cancel(self.pending.request.id)
-        if not self.reply_started:  # still queued behind the model load: take it back at once
-            view, self.pending, self.reply_view = self.reply_view, None, None
-            if view is not None:
-                await view.remove()
-            self.refresh_bindings()
-            self.notify("Not sent to the model; your question is saved. Press ctrl+r to ask it once the model "
-                        "is ready.")
+        shown = self.session.switch_version(message.id, event.step)
+        if shown is None:
+            index, count = self.session.versions(message)
+            self.notify(f"This is version {index} of {count}.")
+            return
+        self.question_edit.end_if_left()  # the question being edited may be on the branch just left
+        await self.show_branch(focus=shown)
+
+    # ---------------------------------------------------------------- actions on the whole conversation
+
+    async def action_new_chat(self) -> None:
+        await self.conversation_actions.new_chat()
+
+    def action_rename(self) -> None:
+        self.conversation_actions.rename()
+
+    def action_delete(self) -> None:
+        self.conversation_actions.delete()
+
+    def action_export(self) -> None:
+        self.conversation_actions.export()
+
+    def action_conversation_settings(self) -> None:
+        self.conversation_actions.settings()
+
+    def action_copy_reply(self) -> None:
+        self.conversation_actions.copy_reply()
+
+    def action_copy_code(self) -> None:
+        self.conversation_actions.copy_code()
+
+    def action_open_editor(self) -> None:
+        self.conversation_actions.open_editor()

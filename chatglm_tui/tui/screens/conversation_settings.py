@@ -10,9 +10,9 @@ from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, TextArea
 
-from chatglm_tui.engine.protocol import SamplingParams
-from chatglm_tui.inert import inert
-from chatglm_tui.settings import ConfigError, Settings, apply_overrides
+from chatglm_tui.config.settings import ConfigError, Settings, apply_overrides
+from chatglm_tui.engine.protocol import GenerationParams
+from chatglm_tui.terminal.inert import inert
 from chatglm_tui.tui.inert_display import inert_label
 
 # (field, label, help) in the order shown.
@@ -26,10 +26,10 @@ FIELDS = (
 )
 _INTS = {"top_k", "max_new_tokens", "seed"}
 
-Choice = tuple[SamplingParams, str | None]
+Choice = tuple[GenerationParams, str | None]
 
 
-def parse_fields(values: dict[str, str], base: Settings) -> SamplingParams:
+def parse_fields(values: dict[str, str], base: Settings) -> GenerationParams:
     """Typed, range-checked parameters from the form's text; a ConfigError names the first bad field."""
     changes: dict[str, object] = {}
     for name, label, _ in FIELDS:
@@ -41,7 +41,7 @@ def parse_fields(values: dict[str, str], base: Settings) -> SamplingParams:
         except ValueError:
             kind = "a whole number" if name in _INTS else "a number"
             raise ConfigError(f"{label}: {text!r} is not {kind}") from None
-    return SamplingParams.from_settings(apply_overrides(dataclasses.replace(base, seed=None), **changes))
+    return apply_overrides(dataclasses.replace(base, seed=None), **changes).generation
 
 
 class ConversationSettingsScreen(ModalScreen[Choice | None]):
@@ -52,7 +52,7 @@ class ConversationSettingsScreen(ModalScreen[Choice | None]):
         Binding("ctrl+s", "save", "Save", id="modal.save", priority=True, tooltip="Save these settings"),
     ]
 
-    def __init__(self, params: SamplingParams, instruction: str | None, settings: Settings, title: str) -> None:
+    def __init__(self, params: GenerationParams, instruction: str | None, settings: Settings, title: str) -> None:
         super().__init__(classes="modal")
         self.params, self.instruction, self.settings, self.title_text = params, instruction, settings, title
 

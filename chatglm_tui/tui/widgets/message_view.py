@@ -2,7 +2,7 @@
 
 Finished replies are static Markdown; a streaming reply appends only its new text through `MarkdownStream`,
 then is rendered once in full when it ends (a code fence open mid-stream would otherwise stay unstyled). The
-text is shown inert (`chatglm_tui.inert`): escape sequences in a message or reply are made visible, never sent
+text is shown inert (`chatglm_tui.terminal.inert`): escape sequences in a message or reply are made visible, never sent
 to the terminal; `self.text` keeps the exact text (for copying).
 """
 
@@ -18,8 +18,8 @@ from textual.containers import Vertical
 from textual.message import Message as TextualMessage
 from textual.widgets import Markdown, Static
 
-from chatglm_tui.inert import StreamingInert, inert
 from chatglm_tui.store import Message
+from chatglm_tui.terminal.inert import StreamingInert, inert
 from chatglm_tui.tui.inert_display import inert_content
 
 if TYPE_CHECKING:

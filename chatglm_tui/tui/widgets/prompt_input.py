@@ -14,7 +14,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
 
-from chatglm_tui.inert import inert
+from chatglm_tui.terminal.inert import inert
 
 
 class PromptInput(TextArea):

@@ -13,8 +13,8 @@ from textual.message import Message
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
-from chatglm_tui.inert import inert_line
 from chatglm_tui.store import Conversation
+from chatglm_tui.terminal.inert import inert_line
 from chatglm_tui.tui.inert_display import InertInput
 
 

@@ -8,21 +8,9 @@ from textual.containers import Horizontal
 from textual.reactive import reactive
 from textual.widgets import ProgressBar, Static
 
-from chatglm_tui.engine.protocol import LoadProgress
-from chatglm_tui.inert import inert_line
+from chatglm_tui.engine.protocol import LoadProgress, load_text
+from chatglm_tui.terminal.inert import inert_line
 from chatglm_tui.tui.inert_display import inert_label
-
-STAGE_WORDS = {"download": "downloading", "read": "reading weights", "quantize": "quantizing", "ready": "ready"}
-
-
-def load_text(progress: LoadProgress) -> str:
-    """A load event in words: 'reading weights 3/8', 'downloading 1.2/3.9 GB'."""
-    word = STAGE_WORDS.get(progress.stage, progress.stage)
-    if progress.stage == "ready":
-        return word
-    if progress.stage == "download" and progress.total > 1_000_000:
-        return f"{word} {progress.done / 1e9:.2f}/{progress.total / 1e9:.2f} GB"
-    return f"{word} {progress.done}/{progress.total}" if progress.total > 1 else word
 
 
 class StatusBar(Horizontal):

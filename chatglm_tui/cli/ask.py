@@ -1,6 +1,6 @@
 """`chatglm ask`: one question (or a piped document) in, the streamed answer out, the exchange saved.
 
-stdout carries only the answer, written inertly (see `chatglm_tui.inert`); progress and notices go to stderr, and
+stdout carries only the answer, written inertly (see `chatglm_tui.terminal.inert`); progress and notices go to stderr, and
 only when stderr is a terminal. Ctrl+C, SIGTERM and SIGHUP (the terminal closed) stop the reply cleanly: the
 partial reply is saved as stopped, and the exit code is 128 + the signal (130 for Ctrl+C). The reply is saved
 whatever happens to stdout: a reader that leaves (`| head`) stops the reply (saved as stopped, exit 141, as
@@ -9,7 +9,6 @@ for SIGPIPE); any other write failure (a full disk, a closed stdout) is reported
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import queue
 import signal
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
+from chatglm_tui.cli.output import EXIT_READER_GONE, StatusLine, discard_output, is_terminal
+from chatglm_tui.config.settings import Settings
 from chatglm_tui.engine.protocol import (
     ChatRequest,
     ChunkProgress,
@@ -30,19 +31,18 @@ from chatglm_tui.engine.protocol import (
     LoadProgress,
     PrefillProgress,
     Request,
-    SamplingParams,
     SummarizeRequest,
     TextDelta,
+    load_text,
 )
 from chatglm_tui.errors import ChatGLMError, GenerationError
-from chatglm_tui.inert import StreamingInert, inert, inert_json
-from chatglm_tui.settings import Settings
+from chatglm_tui.session.chat_session import PendingReply, reply_stats
 from chatglm_tui.store.titles import title_from
-from chatglm_tui.terminal import EXIT_READER_GONE, STOP_SIGNALS, StatusLine, discard_output, is_terminal
+from chatglm_tui.terminal.inert import StreamingInert, inert, inert_json
+from chatglm_tui.terminal.signals import STOP_SIGNALS
 
 if TYPE_CHECKING:
     from chatglm_tui.engine.worker import InferenceWorker
-    from chatglm_tui.store import Conversation, SessionStore
 
 EXIT_INTERRUPTED = 130
 _ACCEPTED = (GenerationStarted, PrefillProgress, ChunkProgress, TextDelta)  # the engine took the request
@@ -91,79 +91,62 @@ def read_document(stream: TextIO | None) -> str | None:
 
 
 class _Conversation:
-    """The saved side of one `ask`: which conversation and branch, its history, and saving as messages complete.
+    """Which saved conversation an `ask` continues, and when its messages are saved (through `ChatSession`).
 
-    The question hangs under the message whose history the model is given, and the reply under its question, so
-    several `ask -s ID` running at once on one conversation each save their reply under their own question.
+    The question is saved once the engine has taken it (a question it refuses, e.g. too long, is not), under the
+    end of the branch the model was given as history; the reply is saved under its question. So several
+    `ask -s ID` running at once on one conversation each save their reply under their own question.
     """
 
     def __init__(self, options: AskOptions, question: str | None, document: str | None) -> None:
-        from chatglm_tui.store import SessionStore, default_store_path, rounds_of
+        from chatglm_tui.session.chat_session import ChatSession
+        from chatglm_tui.store import SessionStore, default_store_path
 
         self.options = options
         needs_store = options.save or options.continue_last or options.session
-        self.store: SessionStore | None = SessionStore(default_store_path()) if needs_store else None
-        self.conversation: Conversation | None = None
-        if self.store is not None and options.session:
-            self.conversation = self.store.resolve(options.session)
-        elif self.store is not None and options.continue_last:
-            self.conversation = self.store.latest()
-            if self.conversation is None:
+        self.session = ChatSession(SessionStore(default_store_path()), options.settings) if needs_store else None
+        if self.session is not None and options.session:
+            self.session.open(self.session.store.resolve(options.session).id)
+        elif self.session is not None and options.continue_last:
+            latest = self.session.store.latest()
+            if latest is None:
                 raise UsageError("there is no saved conversation to continue: ask without -c first")
-        branch = self.store.messages(self.conversation.id) if self.store and self.conversation else []
-        self.history = tuple(rounds_of(branch)[0])
-        self.parent_id: int | None = branch[-1].id if branch else None  # the end of the branch answered from
-        self.question_id: int | None = None
+            self.session.open(latest.id)
+        self.history = tuple(self.session.history()[0]) if self.session is not None else ()
         # A continued conversation keeps its instruction unless a new one is given.
-        self.instruction = options.settings.instruction or (self.conversation.instruction if self.conversation
-                                                            else None)
+        self.instruction = options.settings.instruction or (self.session.instruction if self.session else None)
         self.title = title_from(question) if question else title_from(document or "", prefix="Summary: ")
+        self.pending: PendingReply | None = None
 
     @property
     def id(self) -> str | None:
-        return self.conversation.id if self.conversation else None
+        return self.session.id if self.session else None
 
     def save_question(self, text: str) -> None:
         """Commit the question once the engine has taken it (a question it refuses, e.g. too long, is not saved)."""
-        if self.question_id is not None or not self.options.save or self.store is None:
+        if self.pending is not None or not self.options.save or self.session is None:
             return
-        if self.conversation is None:
-            settings = self.options.settings
-            self.conversation = self.store.create_conversation(
-                self.title, model=settings.model,
-                params=dataclasses.asdict(SamplingParams.from_settings(settings)),
-                instruction=self.instruction)
-        self.question_id = self.store.add_message(self.conversation.id, "user", text, parent_id=self.parent_id).id
+        _, self.pending = self.session.send(text, title=self.title)
 
     def save_reply(self, finished: GenerationFinished) -> None:
         """Commit the reply (whole, or partial and marked stopped) under its question."""
-        if not self.options.save or self.store is None or self.conversation is None:
-            return
-        stats = finished.stats
-        self.store.add_message(self.conversation.id, "assistant", finished.text, parent_id=self.question_id,
-                               stopped=finished.reason == "stopped", prompt_tokens=stats.prompt_tokens,
-                               new_tokens=stats.new_tokens,
-                               stats={"time_to_first_token_s": stats.time_to_first_token_s,
-                                      "tokens_per_s": stats.tokens_per_s, "total_s": stats.total_s,
-                                      "reason": finished.reason})
+        if self.pending is not None and self.session is not None:
+            self.session.save_reply(self.pending, finished)
 
     def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
+        if self.session is not None:
+            self.session.store.close()
 
 
 def _load_engine(settings: Settings, status: StatusLine) -> InferenceWorker:
-    from chatglm_tui.engine.worker import InferenceWorker, model_loader
-    from chatglm_tui.hub import resolve_model, show_download_progress
+    """The engine the chat uses too, loaded here (blocking); a download or the load shows progress on stderr."""
+    from chatglm_tui.engine.worker import worker_for
 
-    show_download_progress(status.enabled)  # progress only when stderr is a terminal
-    path = resolve_model(settings.model, download=True)
-    quantization = None if settings.quantization == "none" else settings.quantization
-    engine = InferenceWorker(model_loader(str(path), quantization, settings.device, settings.dtype))
+    engine = worker_for(settings)
 
     def on_load(event: object) -> None:
         if isinstance(event, LoadProgress):
-            status.show(f"{event.stage} {event.done}/{event.total} {event.message}".strip())
+            status.show(load_text(event))
 
     engine.load(on_load)
     status.clear()
@@ -294,12 +277,11 @@ def _report(finished: GenerationFinished, conversation: _Conversation, options: 
             printer: _Printer) -> None:
     """The reply at the end, for --json (exact text, escaped) and --render (Markdown, inert)."""
     if options.as_json:
-        stats = finished.stats
+        stats = reply_stats(finished)
         printer.out(inert_json({
             "reply": finished.text, "reason": finished.reason, "session_id": conversation.id,
-            "prompt_tokens": stats.prompt_tokens, "new_tokens": stats.new_tokens,
-            "time_to_first_token_s": round(stats.time_to_first_token_s, 3),
-            "tokens_per_s": round(stats.tokens_per_s, 2), "total_s": round(stats.total_s, 3),
+            "prompt_tokens": finished.stats.prompt_tokens, "new_tokens": finished.stats.new_tokens,
+            **{name: stats[name] for name in ("time_to_first_token_s", "tokens_per_s", "total_s")},
         }) + "\n")
     elif options.render and printer.stdout is not None and is_terminal(printer.stdout):
         from rich.console import Console
@@ -334,7 +316,7 @@ def run_ask(options: AskOptions, stdin: TextIO | None = sys.stdin, stdout: TextI
     engine = None
     try:
         engine = _load_engine(settings, status)
-        params = SamplingParams.from_settings(settings)
+        params = settings.generation
         request: Request
         if document is not None:
             request = SummarizeRequest(document, question, params)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chatglm_tui.errors import CheckpointError
-from chatglm_tui.regular_files import read_checkpoint_json  # refuses a named pipe or a device
+from chatglm_tui.paths import read_checkpoint_json  # refuses a named pipe or a device
 
 if TYPE_CHECKING:
     from huggingface_hub.utils.tqdm import tqdm as HfTqdm
@@ -339,7 +339,8 @@ def _read_config(directory: Path) -> dict[str, object]:
 
 
 def _weight_files(directory: Path) -> tuple[list[Path], str]:
-    """The weight files and their format; safetensors win when both exist, as in the loader."""
+    """Every weight file downloaded (what the folder holds, not only what an index names), and their format;
+    safetensors win when both exist, as in the loader."""
     for file_format, pattern in (("safetensors", "*.safetensors"), ("bin", "*.bin")):
         files = sorted(file for file in directory.glob(pattern) if file.is_file())
         if files:

@@ -182,7 +182,7 @@ def run_ui_bench(model: str | None, samples: int = 30) -> UiBenchResult:
     pid, fd = pty.fork()
     if pid == 0:  # the child: the app itself, in the pseudo-terminal
         os.environ.update(CHATGLM_HOME=str(home), TERM="xterm-256color", COLUMNS=str(SIZE[0]), LINES=str(SIZE[1]))
-        os.execv(sys.executable, [sys.executable, "-m", "chatglm_tui.ui_bench", "--child", model or ""])
+        os.execv(sys.executable, [sys.executable, "-m", "chatglm_tui.cli.ui_bench", "--child", model or ""])
     import fcntl
     import struct
     import termios
@@ -212,9 +212,9 @@ def run_ui_bench(model: str | None, samples: int = 30) -> UiBenchResult:
 
 def _child(model: str) -> None:
     """The app, with the real engine on `model`, or the scripted engine streaming a very long reply."""
+    from chatglm_tui.config.settings import Settings
     from chatglm_tui.engine.fake import FakeEngine
     from chatglm_tui.engine.protocol import Engine
-    from chatglm_tui.settings import Settings
     from chatglm_tui.store import SessionStore, default_store_path
     from chatglm_tui.tui.app import make_app
 

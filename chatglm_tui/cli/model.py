@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from chatglm_tui.inert import inert_json
-from chatglm_tui.terminal import echo
+from chatglm_tui.cli.output import echo
+from chatglm_tui.terminal.inert import inert_json
 
 app = typer.Typer(help="Model checkpoints: download, inspect, locate.", no_args_is_help=True)
 _REF_HELP = "A checkpoint directory or Hub repo id (default: the configured model)."
@@ -17,7 +17,7 @@ _REF_HELP = "A checkpoint directory or Hub repo id (default: the configured mode
 def _ref(ref: Optional[str]) -> str:
     if ref:
         return ref
-    from chatglm_tui.settings import load_settings
+    from chatglm_tui.config.settings import load_settings
 
     return load_settings()[0].model
 
@@ -25,8 +25,8 @@ def _ref(ref: Optional[str]) -> str:
 @app.command("pull")
 def pull(ref: Optional[str] = typer.Argument(None, help=_REF_HELP)) -> None:
     """Download a model from the Hugging Face Hub (only its weights, config and tokenizer; never code)."""
-    from chatglm_tui.hub import pull_model, show_download_progress
-    from chatglm_tui.terminal import is_terminal
+    from chatglm_tui.cli.output import is_terminal
+    from chatglm_tui.model.hub import pull_model, show_download_progress
 
     show_download_progress(is_terminal(sys.stderr))
     echo(str(pull_model(_ref(ref))))
@@ -35,17 +35,16 @@ def pull(ref: Optional[str] = typer.Argument(None, help=_REF_HELP)) -> None:
 @app.command("path")
 def path(ref: Optional[str] = typer.Argument(None, help=_REF_HELP)) -> None:
     """Print the local directory of a model (without downloading)."""
-    from chatglm_tui.hub import resolve_model
+    from chatglm_tui.model.hub import resolve_model
 
     echo(str(resolve_model(_ref(ref))))
 
 
 def _backend_plan(directory: object) -> dict[str, str]:
     """Which backend the configured device, dtype and quantization would run this checkpoint on, and its numerics."""
-    from chatglm_tui.model.chat import plan_load
-    from chatglm_tui.settings import load_settings
-
+    from chatglm_tui.config.settings import load_settings
     from chatglm_tui.errors import ChatGLMError
+    from chatglm_tui.model.chat import plan_load
 
     settings = load_settings()[0]
     quantization = None if settings.quantization == "none" else settings.quantization
@@ -60,7 +59,7 @@ def _backend_plan(directory: object) -> dict[str, str]:
 def info(ref: Optional[str] = typer.Argument(None, help=_REF_HELP),
          as_json: bool = typer.Option(False, "--json", help="One JSON object.")) -> None:
     """Describe a local model: sizes, layout, quantization, files, and the backend it would run on here."""
-    from chatglm_tui.hub import model_info, resolve_model
+    from chatglm_tui.model.hub import model_info, resolve_model
 
     directory = resolve_model(_ref(ref))
     details = model_info(directory)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chatglm_tui.config.settings import Settings
 from chatglm_tui.engine.protocol import Engine
 from chatglm_tui.errors import ChatGLMError
-from chatglm_tui.settings import Settings
 
 if TYPE_CHECKING:
     from chatglm_tui.store import SessionStore
@@ -46,10 +46,9 @@ def build_engine(settings: Settings, demo: bool) -> Engine:
         from chatglm_tui.tui.demo import DEMO_REPLIES
 
         return FakeEngine(DEMO_REPLIES, chunk_size=3, delay=0.02)
-    from chatglm_tui.engine.worker import InferenceWorker, resolving_loader
+    from chatglm_tui.engine.worker import worker_for
 
-    quantization = None if settings.quantization == "none" else settings.quantization
-    return InferenceWorker(resolving_loader(settings.model, quantization, settings.device, settings.dtype))
+    return worker_for(settings)
 
 
 def run_chat(options: ChatOptions) -> int:

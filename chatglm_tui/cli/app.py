@@ -5,7 +5,6 @@ Exit codes: 0 ok, 1 a user error (one line on stderr), 2 usage, 130 interrupted 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
@@ -14,9 +13,10 @@ from typing import NoReturn, Optional
 import typer
 
 from chatglm_tui import __version__
+from chatglm_tui.cli import options
+from chatglm_tui.cli.output import EXIT_READER_GONE, discard_output
 from chatglm_tui.errors import ChatGLMError
-from chatglm_tui.inert import inert_line
-from chatglm_tui.terminal import EXIT_READER_GONE, discard_output, echo
+from chatglm_tui.terminal.inert import inert_line
 
 app = typer.Typer(add_completion=False, help="A fast, faithful terminal chat for ChatGLM-6B.",
                   context_settings={"help_option_names": ["-h", "--help"]}, rich_markup_mode=None)
@@ -33,11 +33,10 @@ def root(
     ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                  help="Print the version and exit."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="A checkpoint directory or a Hub repo id."),
-    quantization: Optional[str] = typer.Option(None, help="int4, int8 or none."),
-    dtype: Optional[str] = typer.Option(None, help="auto, float32, bfloat16 or float16."),
-    device: Optional[str] = typer.Option(None, help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, "
-                                                    "cuda:N or mps."),
+    model: options.Model = None,
+    quantization: options.Quantization = None,
+    dtype: options.Dtype = None,
+    device: options.Device = None,
     theme: Optional[str] = typer.Option(None, help="Colour theme (the choice made in the app is saved)."),
     continue_last: bool = typer.Option(False, "--continue", "-c", help="Open the last conversation."),
     session: Optional[str] = typer.Option(None, "--session", "-s", help="Open this conversation (id, unique id "
@@ -51,8 +50,8 @@ def root(
             raise typer.BadParameter("chat options go without a command: `chatglm --model PATH`, or after "
                                      f"the command: `chatglm {ctx.invoked_subcommand} --help`")
         return
-    from chatglm_tui.launch import ChatOptions, run_chat
-    from chatglm_tui.settings import apply_overrides, load_settings
+    from chatglm_tui.cli.chat import ChatOptions, run_chat
+    from chatglm_tui.config.settings import apply_overrides, load_settings
 
     settings, _ = load_settings()
     settings = apply_overrides(settings, model=model, quantization=quantization, dtype=dtype, device=device,
@@ -70,11 +69,10 @@ def version_command() -> None:
 def ask(
     question: Optional[str] = typer.Argument(None, help="The question. With text piped on stdin, the question "
                                                         "about it; without one, the text is summarized."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="A checkpoint directory or a Hub repo id."),
-    quantization: Optional[str] = typer.Option(None, help="int4, int8 or none."),
-    dtype: Optional[str] = typer.Option(None, help="auto, float32, bfloat16 or float16."),
-    device: Optional[str] = typer.Option(None, help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, "
-                                                    "cuda:N or mps."),
+    model: options.Model = None,
+    quantization: options.Quantization = None,
+    dtype: options.Dtype = None,
+    device: options.Device = None,
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature (0: greedy)."),
     top_p: Optional[float] = typer.Option(None, help="Nucleus sampling mass."),
     top_k: Optional[int] = typer.Option(None, help="Sample among this many best tokens (0: all)."),
@@ -90,8 +88,8 @@ def ask(
     render: bool = typer.Option(False, "--render", help="Render the reply as Markdown (on a terminal)."),
 ) -> None:
     """Ask one question, or summarize / ask about text piped on stdin; the reply streams to stdout."""
-    from chatglm_tui.ask import AskOptions, run_ask
-    from chatglm_tui.settings import apply_overrides, load_settings
+    from chatglm_tui.cli.ask import AskOptions, run_ask
+    from chatglm_tui.config.settings import apply_overrides, load_settings
 
     settings, _ = load_settings()
     settings = apply_overrides(settings, model=model, quantization=quantization, dtype=dtype, device=device,
@@ -101,71 +99,17 @@ def ask(
     raise typer.Exit(run_ask(options, sys.stdin, sys.stdout, sys.stderr))
 
 
-config_app = typer.Typer(help="Show the effective configuration and where it lives.", no_args_is_help=True)
-app.add_typer(config_app, name="config")
+def _register_commands() -> None:
+    """The commands that live in modules of their own (each imports its heavy parts when it runs)."""
+    from chatglm_tui.cli import bench, config, model, sessions
+
+    app.command("bench")(bench.bench)
+    app.add_typer(config.app, name="config")
+    app.add_typer(sessions.app, name="sessions")
+    app.add_typer(model.app, name="model")
 
 
-@config_app.command("show")
-def config_show() -> None:
-    """Print every setting with its value and where it came from (default, config file, environment)."""
-    from chatglm_tui.settings import format_settings, load_settings
-
-    echo(format_settings(*load_settings()))
-
-
-@config_app.command("path")
-def config_path_command() -> None:
-    """Print the path of the config file (it need not exist)."""
-    from chatglm_tui.settings import config_path
-
-    echo(str(config_path()))
-
-
-@app.command()
-def bench(
-    config: str = typer.Option("6b", help="Model size: 6b (ChatGLM-6B) or tiny."),
-    quantization: str = typer.Option("int4", help="int4 or int8."),
-    prompt_tokens: int = typer.Option(512, help="Length of the random prompt to prefill."),
-    new_tokens: int = typer.Option(128, help="Tokens to decode after it."),
-    threads: int = typer.Option(0, help="Threads (0: torch's default, the physical cores)."),
-    group_size: int = typer.Option(0, help="int4 inputs per scale (0: the default, 128)."),
-    model: str = typer.Option("", help="Load this checkpoint directory instead of random weights "
-                                       "(measures the real load, through the quantized cache)."),
-    device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("auto", help="auto (the fast int4/int8 kernels on the CPU; on GPUs float16-resident "
-                                           "weights when they fit, else int4-resident), float32 (the exact path), "
-                                           "bfloat16 or float16."),
-    backend: str = typer.Option("auto", help="auto, exact, cpu, cpu-portable, cuda-fp16 or cuda-int4: force one "
-                                             "(auto: chosen from device, dtype and free GPU memory)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
-    ui: bool = typer.Option(False, "--ui", help="Measure the chat app instead: keystroke-to-screen latency "
-                                                "while a reply streams, opening a 500-message chat (in a "
-                                                "pseudo-terminal; with --model, the real engine generates)."),
-) -> None:
-    """Measure load, prefill and decode speed and memory on random weights (no download)."""
-    if ui:
-        from chatglm_tui.ui_bench import format_ui_table, run_ui_bench
-
-        ui_result = run_ui_bench(model or None)
-        echo(json.dumps(ui_result.summary()) if as_json else format_ui_table(ui_result))
-        return
-    from chatglm_tui.model.bench import format_table, run_bench
-
-    from chatglm_tui import paths
-
-    result = run_bench(config, quantization, prompt_tokens, new_tokens, threads or None, group_size or None,
-                       model or None, device, dtype, backend, paths.quantized_cache_dir())
-    echo(result.to_json() if as_json else format_table(result))
-
-
-def _register_subcommands() -> None:
-    from chatglm_tui import model_commands, session_commands
-
-    app.add_typer(session_commands.app, name="sessions")
-    app.add_typer(model_commands.app, name="model")
-
-
-_register_subcommands()
+_register_commands()
 
 
 def undecodable_argument(argv: list[str]) -> str | None:

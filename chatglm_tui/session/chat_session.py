@@ -1,30 +1,28 @@
-"""The open conversation and the one place that saves it: the TUI's model of a chat, free of widgets.
+"""The open conversation and the one place that saves it, for the chat app and `chatglm ask` alike; no widgets.
 
-`ChatSession` owns the store record, the message tree and which branch is on screen. Screens ask it what to
-send (a `ChatRequest`) and tell it what came back; it writes each message to the store the moment it is complete
-(the user's turn when sent, the reply when finished or stopped), so a crash loses at most the reply in progress.
+`ChatSession` owns the store record, the message tree and which branch is shown. Callers ask it what to send
+(a `ChatRequest`) and tell it what came back; it writes each message to the store the moment it is complete
+(the question when sent, the reply when finished or stopped, under its question), so a crash loses at most the
+reply in progress.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
-from chatglm_tui.engine.protocol import ChatRequest, GenerationFinished, Round, SamplingParams
-from chatglm_tui.settings import Settings
+from chatglm_tui.config.settings import Settings
+from chatglm_tui.engine.protocol import ChatRequest, GenerationFinished, GenerationParams, Round
+from chatglm_tui.session.tree import MessageTree
 from chatglm_tui.store import Conversation, Message, SessionStore, rounds_of
 from chatglm_tui.store.titles import title_from
-from chatglm_tui.tui.tree import MessageTree
-
-_PARAM_FIELDS = tuple(field.name for field in dataclasses.fields(SamplingParams))
 
 
-def params_from(saved: dict[str, Any], defaults: SamplingParams) -> SamplingParams:
-    """A conversation's saved parameters over the defaults; unknown keys (from other versions) are ignored."""
-    known = {name: value for name, value in saved.items() if name in _PARAM_FIELDS}
-    params = dataclasses.replace(defaults, **known)
-    return dataclasses.replace(params, do_sample=params.temperature > 0)
+def reply_stats(finished: GenerationFinished) -> dict[str, object]:
+    """How a reply ended and how fast it came, as saved with it and as `ask --json` prints it."""
+    stats = finished.stats
+    return {"reason": finished.reason, "tokens_per_s": round(stats.tokens_per_s, 2), "total_s": round(stats.total_s, 3),
+            "time_to_first_token_s": round(stats.time_to_first_token_s, 3)}
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ class ChatSession:
         self.tree = MessageTree()
         self.leaf_id: int | None = None
         # Settings chosen before the first message, saved when the conversation is created.
-        self.draft_params = SamplingParams.from_settings(settings)
+        self.draft_params = settings.generation
         self.draft_instruction = settings.instruction
 
     # ---------------------------------------------------------------- which conversation and branch
@@ -60,7 +58,7 @@ class ChatSession:
     def new(self) -> None:
         """Start an empty chat; it is saved with its first message."""
         self.conversation, self.tree, self.leaf_id = None, MessageTree(), None
-        self.draft_params = SamplingParams.from_settings(self.settings)
+        self.draft_params = self.settings.generation
         self.draft_instruction = self.settings.instruction
 
     @property
@@ -92,31 +90,34 @@ class ChatSession:
     # ---------------------------------------------------------------- settings
 
     @property
-    def params(self) -> SamplingParams:
+    def params(self) -> GenerationParams:
         if self.conversation is None:
             return self.draft_params
-        return params_from(self.conversation.params, SamplingParams.from_settings(self.settings))
+        return self.settings.generation.updated_from(self.conversation.params)
 
     @property
     def instruction(self) -> str | None:
         return self.conversation.instruction if self.conversation else self.draft_instruction
 
-    def configure(self, params: SamplingParams, instruction: str | None) -> None:
+    def configure(self, params: GenerationParams, instruction: str | None) -> None:
         """Change this conversation's generation settings and instruction (saved at once if it exists)."""
         if self.conversation is None:
             self.draft_params, self.draft_instruction = params, instruction
             return
-        self.conversation = self.store.update(self.conversation.id, params=dataclasses.asdict(params),
+        self.conversation = self.store.update(self.conversation.id, params=params.as_dict(),
                                               instruction=instruction or None)
 
     # ---------------------------------------------------------------- sending and saving
 
-    def send(self, text: str, edit_of: int | None = None) -> tuple[Message, PendingReply]:
-        """Save a user message (after the current branch, or as a new version of `edit_of`) and build its request."""
+    def send(self, text: str, edit_of: int | None = None, *, title: str | None = None) -> tuple[Message, PendingReply]:
+        """Save a user message (after the current branch, or as a new version of `edit_of`) and build its request.
+
+        A new conversation is created first, titled `title` or after `text`.
+        """
         parent = self.tree.by_id[edit_of].parent_id if edit_of is not None else self.leaf_id
         if self.conversation is None:
             self.conversation = self.store.create_conversation(
-                title_from(text), model=self.settings.model, params=dataclasses.asdict(self.draft_params),
+                title or title_from(text), model=self.settings.model, params=self.draft_params.as_dict(),
                 instruction=self.draft_instruction)
         message = self._save(self.store.add_message(self.conversation.id, "user", text, parent_id=parent))
         return message, self._request_for(message)
@@ -149,9 +150,7 @@ class ChatSession:
         message = self.store.add_message(
             pending.conversation_id, "assistant", finished.text, parent_id=pending.parent_id,
             stopped=finished.reason == "stopped", prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
-            stats={"reason": finished.reason, "tokens_per_s": round(stats.tokens_per_s, 2),
-                   "total_s": round(stats.total_s, 3),
-                   "time_to_first_token_s": round(stats.time_to_first_token_s, 3)})
+            stats=reply_stats(finished))
         return self._save(message) if pending.conversation_id == self.id else message
 
     def _save(self, message: Message) -> Message:

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from chatglm_tui.cli.output import echo
 from chatglm_tui.errors import ChatGLMError
-from chatglm_tui.inert import inert_json, inert_line
-from chatglm_tui.terminal import echo
+from chatglm_tui.terminal.inert import inert_json, inert_line
 
 if TYPE_CHECKING:
     from chatglm_tui.store import SessionStore

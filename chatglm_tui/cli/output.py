@@ -1,24 +1,19 @@
-"""The terminal side of the commands: untrusted text written inertly to any stream, progress on stderr, and the
-signals that stop a reply.
+"""What the commands write: untrusted text written inertly to any stream, and progress on stderr.
 
 Model output, stored text, checkpoint contents and echoed arguments can carry escape sequences (a piped document
 can make the model print them). Whatever stdout or stderr is (a terminal, or a pipe into `less -R` or `head` that
-ends on one), such text is written through `chatglm_tui.inert`: nothing in it is ever interpreted.
+ends on one), such text is written through `chatglm_tui.terminal.inert`: nothing in it is ever interpreted.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import TextIO
 
-from chatglm_tui.inert import inert, inert_line
+from chatglm_tui.terminal.inert import inert, inert_line
 
 EXIT_READER_GONE = 128 + 13  # as for SIGPIPE: the program reading stdout has gone (`| head`)
-# Signals that stop a reply the way Ctrl+C does (the partial reply is saved), in `ask` and the chat app alike;
-# SIGHUP: the terminal window was closed. The exit code is then 128 + the signal.
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def is_terminal(stream: TextIO) -> bool:

@@ -20,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 has no tomllib; tomli is the same parser
     import tomli as tomllib
 
-from chatglm_tui.settings import ConfigError, config_path, read_config_bytes, toml_str
+from chatglm_tui.config.settings import ConfigError, config_path, read_config_bytes, toml_str
 
 # A top-level `theme = ...` line, bare or quoted key (TOML allows both).
 _THEME_KEY = re.compile(r"""[ \t]*(?:theme|"theme"|'theme')[ \t]*=""")
