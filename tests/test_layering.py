@@ -42,7 +42,7 @@ def test_cli_version_and_no_command():
 
 PACKAGE = Path(__file__).resolve().parents[1] / "chatglm_tui"
 # Layers, highest first: a module imports from its own layer or the ones below it, never above.
-LAYERS = ("cli", "tui", "session", "engine", "config", "store", "model")
+LAYERS = ("cli", "server", "tui", "session", "engine", "config", "store", "model")
 LEAVES = {"errors", "paths", "terminal"}  # below every layer: anyone may use them
 
 
@@ -95,6 +95,12 @@ def test_the_chat_app_sees_the_engine_only_through_its_protocol():
             if _layer(module) == "tui" and module != "chatglm_tui.tui.demo" for target in targets
             if _layer(target) == "engine"}
     assert seen == {"chatglm_tui.engine.protocol"}
+
+
+def test_the_server_and_the_chat_app_know_nothing_of_each_other():
+    crossing = [f"{module} -> {target}" for module, targets in _graph().items() for target in targets
+                if {_layer(module), _layer(target)} == {"server", "tui"}]
+    assert not crossing
 
 
 def test_only_the_backends_use_the_kernels():

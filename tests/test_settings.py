@@ -77,12 +77,15 @@ max_new_tokens = 64
 seed = 42
 instruction = "Be brief."
 theme = "chatglm-light"
+endpoint = "https://glm.example:8443/v1"
+endpoint_model = "glm-4"
+api_key = "k"
 """)
     settings, sources = load_settings(path, {})
     assert settings == Settings(
         model="/models/chatglm-6b", quantization="none", device="cuda:1", dtype="bfloat16", temperature=0.0,
         top_p=1.0, top_k=0, repetition_penalty=1.2, max_new_tokens=64, seed=42, instruction="Be brief.",
-        theme="chatglm-light",
+        theme="chatglm-light", endpoint="https://glm.example:8443/v1", endpoint_model="glm-4", api_key="k",
     )
     assert isinstance(settings.temperature, float) and isinstance(settings.top_p, float)
     assert {sources[name] for name in FIELDS if name != "keymap"} == {"config file"}
@@ -381,3 +384,16 @@ def test_a_config_path_that_is_not_a_file_is_refused_without_hanging(tmp_path, m
     shown = "a FIFO (named pipe)" if kind == "fifo" else "a character device"
     assert str(error) == (f"cannot read the config file {path}: it is {shown}, not a file; "
                           "replace it with a TOML file, or remove it to use the defaults")
+
+
+def test_the_endpoint_settings_and_a_key_that_is_never_shown(tmp_path):
+    path = _write(tmp_path, 'endpoint = "http://gpu-box:8000"\nendpoint_model = "chatglm-6b"\n')
+    settings, sources = load_settings(path, {"CHATGLM_API_KEY": "s3cret"})
+    assert (settings.endpoint, settings.endpoint_model, settings.api_key) == ("http://gpu-box:8000", "chatglm-6b",
+                                                                             "s3cret")
+    shown = format_settings(settings, sources)
+    assert "s3cret" not in shown and "# api_key = (set, not shown)" in shown
+    assert 'endpoint = "http://gpu-box:8000"' in shown
+    with pytest.raises(ConfigError, match=r"invalid endpoint = \"gpu-box:8000\".*an http:// or https:// URL"):
+        apply_overrides(Settings(), endpoint="gpu-box:8000")
+    assert load_settings(tmp_path / "none.toml", {"CHATGLM_ENDPOINT": ""})[0].endpoint is None

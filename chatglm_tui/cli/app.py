@@ -37,6 +37,9 @@ def root(
     quantization: options.Quantization = None,
     dtype: options.Dtype = None,
     device: options.Device = None,
+    endpoint: options.Endpoint = None,
+    endpoint_model: options.EndpointModel = None,
+    api_key: options.ApiKey = None,
     theme: Optional[str] = typer.Option(None, help="Colour theme (the choice made in the app is saved)."),
     continue_last: bool = typer.Option(False, "--continue", "-c", help="Open the last conversation."),
     session: Optional[str] = typer.Option(None, "--session", "-s", help="Open this conversation (id, unique id "
@@ -45,8 +48,9 @@ def root(
 ) -> None:
     """Chat with ChatGLM-6B in the terminal. With no command, opens the chat app."""
     if ctx.invoked_subcommand is not None:
-        if any(value not in (None, False) for value in (model, quantization, dtype, device, theme, session,
-                                                        continue_last or None, demo or None)):
+        chat_options = (model, quantization, dtype, device, endpoint, endpoint_model, api_key, theme, session,
+                        continue_last or None, demo or None)
+        if any(value not in (None, False) for value in chat_options):
             raise typer.BadParameter("chat options go without a command: `chatglm --model PATH`, or after "
                                      f"the command: `chatglm {ctx.invoked_subcommand} --help`")
         return
@@ -55,7 +59,7 @@ def root(
 
     settings, _ = load_settings()
     settings = apply_overrides(settings, model=model, quantization=quantization, dtype=dtype, device=device,
-                               theme=theme)
+                               endpoint=endpoint, endpoint_model=endpoint_model, api_key=api_key, theme=theme)
     raise typer.Exit(run_chat(ChatOptions(settings, continue_last, session, demo)))
 
 
@@ -73,6 +77,9 @@ def ask(
     quantization: options.Quantization = None,
     dtype: options.Dtype = None,
     device: options.Device = None,
+    endpoint: options.Endpoint = None,
+    endpoint_model: options.EndpointModel = None,
+    api_key: options.ApiKey = None,
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature (0: greedy)."),
     top_p: Optional[float] = typer.Option(None, help="Nucleus sampling mass."),
     top_k: Optional[int] = typer.Option(None, help="Sample among this many best tokens (0: all)."),
@@ -93,6 +100,7 @@ def ask(
 
     settings, _ = load_settings()
     settings = apply_overrides(settings, model=model, quantization=quantization, dtype=dtype, device=device,
+                               endpoint=endpoint, endpoint_model=endpoint_model, api_key=api_key,
                                temperature=0.0 if greedy else temperature, top_p=top_p, top_k=top_k,
                                max_new_tokens=max_new_tokens, seed=seed, instruction=instruction)
     options = AskOptions(question, settings, continue_last, session, not no_save, as_json, render)
@@ -101,9 +109,10 @@ def ask(
 
 def _register_commands() -> None:
     """The commands that live in modules of their own (each imports its heavy parts when it runs)."""
-    from chatglm_tui.cli import bench, config, model, sessions
+    from chatglm_tui.cli import bench, config, model, serve, sessions
 
     app.command("bench")(bench.bench)
+    app.command("serve")(serve.serve)
     app.add_typer(config.app, name="config")
     app.add_typer(sessions.app, name="sessions")
     app.add_typer(model.app, name="model")

@@ -1,7 +1,7 @@
 """`chatglm ask`: one question (or a piped document) in, the streamed answer out, the exchange saved.
 
-stdout carries only the answer, written inertly (see `chatglm_tui.terminal.inert`); progress and notices go to stderr, and
-only when stderr is a terminal. Ctrl+C, SIGTERM and SIGHUP (the terminal closed) stop the reply cleanly: the
+stdout carries only the answer, written inertly (see `chatglm_tui.terminal.inert`); progress and notices go to stderr,
+and only when stderr is a terminal. Ctrl+C, SIGTERM and SIGHUP (the terminal closed) stop the reply cleanly: the
 partial reply is saved as stopped, and the exit code is 128 + the signal (130 for Ctrl+C). The reply is saved
 whatever happens to stdout: a reader that leaves (`| head`) stops the reply (saved as stopped, exit 141, as
 for SIGPIPE); any other write failure (a full disk, a closed stdout) is reported once the whole reply is saved.
@@ -9,6 +9,7 @@ for SIGPIPE); any other write failure (a full disk, a closed stdout) is reported
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import queue
 import signal
@@ -17,32 +18,29 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
+from chatglm_tui.cli.engines import engine_for, for_display, load_with_progress
 from chatglm_tui.cli.output import EXIT_READER_GONE, StatusLine, discard_output, is_terminal
 from chatglm_tui.config.settings import Settings
 from chatglm_tui.engine.protocol import (
     ChatRequest,
     ChunkProgress,
+    Engine,
     Event,
     GenerationFailed,
     GenerationFinished,
     GenerationStarted,
-    LoadProgress,
     PrefillProgress,
     Request,
     SummarizeRequest,
     TextDelta,
-    load_text,
 )
 from chatglm_tui.errors import ChatGLMError, GenerationError
 from chatglm_tui.session.chat_session import PendingReply, reply_stats
 from chatglm_tui.store.titles import title_from
 from chatglm_tui.terminal.inert import StreamingInert, inert, inert_json
 from chatglm_tui.terminal.signals import STOP_SIGNALS
-
-if TYPE_CHECKING:
-    from chatglm_tui.engine.worker import InferenceWorker
 
 EXIT_INTERRUPTED = 130
 _ACCEPTED = (GenerationStarted, PrefillProgress, ChunkProgress, TextDelta)  # the engine took the request
@@ -138,21 +136,6 @@ class _Conversation:
             self.session.store.close()
 
 
-def _load_engine(settings: Settings, status: StatusLine) -> InferenceWorker:
-    """The engine the chat uses too, loaded here (blocking); a download or the load shows progress on stderr."""
-    from chatglm_tui.engine.worker import worker_for
-
-    engine = worker_for(settings)
-
-    def on_load(event: object) -> None:
-        if isinstance(event, LoadProgress):
-            status.show(load_text(event))
-
-    engine.load(on_load)
-    status.clear()
-    return engine
-
-
 class _Progress:
     """The stderr status text: which part of a long document is being read, and how far into its prompt."""
 
@@ -235,7 +218,7 @@ class _StopSignals:
             signal.signal(signum, previous)
 
 
-def _wait(engine: InferenceWorker, request: Request, events: queue.Queue[Event], printer: _Printer,
+def _wait(engine: Engine, request: Request, events: queue.Queue[Event], printer: _Printer,
           status: StatusLine, accepted: Callable[[], None]) -> tuple[GenerationFinished | GenerationFailed, int]:
     """Consume events until the request ends; a stop signal or a reader that left (EPIPE) cancels it and keeps
     waiting for the partial reply. Returns the last event and the exit code it implies (0 if none)."""
@@ -312,10 +295,11 @@ def run_ask(options: AskOptions, stdin: TextIO | None = sys.stdin, stdout: TextI
     if question is None and document is None:
         raise UsageError("nothing to ask: give a question, or pipe a document in to summarize it")
     settings, status = options.settings, StatusLine(stderr)
-    conversation = _Conversation(options, question, document)
+    conversation = _Conversation(dataclasses.replace(options, settings=for_display(settings)), question, document)
     engine = None
     try:
-        engine = _load_engine(settings, status)
+        engine = engine_for(settings)
+        load_with_progress(engine, status)
         params = settings.generation
         request: Request
         if document is not None:

@@ -1,8 +1,8 @@
 """`chatglm` with no command: build the settings, the store and the engine, and run the Textual app.
 
-This is the only place the TUI gets concrete collaborators: an InferenceWorker that resolves (downloading on
-first use, with progress in the status bar) and loads the model on its own thread, or the scripted FakeEngine in
-demo mode. The app opens at once; the model loads behind it.
+This is the only place the TUI gets concrete collaborators: the engine `cli.engines` chooses (the model loaded on
+its own thread, downloaded on first use with progress in the status bar; a remote server; or the scripted one of
+`--demo`), the store and the settings. The app opens at once; the model loads behind it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chatglm_tui.cli.engines import engine_for, for_display
 from chatglm_tui.config.settings import Settings
-from chatglm_tui.engine.protocol import Engine
 from chatglm_tui.errors import ChatGLMError
 
 if TYPE_CHECKING:
@@ -37,18 +37,6 @@ class ChatOptions:
     continue_last: bool = False
     session: str | None = None
     demo: bool = False
-
-
-def build_engine(settings: Settings, demo: bool) -> Engine:
-    """The real engine (nothing loads until the app calls `load`), or the scripted one for `--demo`."""
-    if demo:
-        from chatglm_tui.engine.fake import FakeEngine
-        from chatglm_tui.tui.demo import DEMO_REPLIES
-
-        return FakeEngine(DEMO_REPLIES, chunk_size=3, delay=0.02)
-    from chatglm_tui.engine.worker import worker_for
-
-    return worker_for(settings)
 
 
 def run_chat(options: ChatOptions) -> int:
@@ -80,9 +68,9 @@ def _run(options: ChatOptions, store: SessionStore) -> int:
         elif options.continue_last:
             latest = store.latest()
             conversation = latest.id if latest else None
-        engine = build_engine(options.settings, options.demo)
+        engine = engine_for(options.settings, options.demo)
         try:
-            app = make_app(options.settings, engine, store, conversation_id=conversation)
+            app = make_app(for_display(options.settings), engine, store, conversation_id=conversation)
             app.run()
         finally:
             engine.close()

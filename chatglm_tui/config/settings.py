@@ -64,6 +64,12 @@ class Settings:
     """An optional instruction put before every conversation."""
     theme: str = "chatglm-dark"
     """The TUI colour theme."""
+    endpoint: str | None = None
+    """An OpenAI-compatible server to chat with instead of a local model (`chatglm serve` elsewhere, vLLM...)."""
+    endpoint_model: str | None = None
+    """The model to ask the endpoint for; unset: the first one it serves."""
+    api_key: str | None = None
+    """The endpoint's API key (sent as `Authorization: Bearer`); kept out of `config show`."""
     # Excluded from the hash: a dict is unhashable and the frozen dataclass would otherwise fail in hash().
     keymap: dict[str, str] = field(default_factory=dict, hash=False)
     """Binding id -> key, e.g. {"chat.send": "ctrl+j"}; overrides the default bindings."""
@@ -80,7 +86,9 @@ FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Settings))
 _SCALARS = tuple(name for name in FIELDS if name != "keymap")
 _FLOATS = {"temperature", "top_p", "repetition_penalty"}
 _INTS = {"top_k", "max_new_tokens", "seed"}
-_UNSET: dict[str, tuple[str, ...]] = {"seed": ("", "none"), "instruction": ("",)}
+_UNSET: dict[str, tuple[str, ...]] = {"seed": ("", "none"), "instruction": ("",), "endpoint": ("",),
+                                      "endpoint_model": ("",), "api_key": ("",)}
+_SECRETS = {"api_key"}  # never printed
 _CHOICES: dict[str, tuple[str, ...]] = {"quantization": QUANTIZATIONS, "dtype": DTYPES}
 _RULES = {
     "model": "a local checkpoint directory or a Hugging Face repo id (owner/name)",
@@ -90,6 +98,9 @@ _RULES = {
     **{name: rule for name, rule in generation.RULES.items() if name != "do_sample"},
     "instruction": "a string, or unset",
     "theme": "a non-empty theme name",
+    "endpoint": "an http:// or https:// URL of an OpenAI-compatible server (e.g. http://gpu-box:8000), or unset",
+    "endpoint_model": "a model name the endpoint serves, or unset",
+    "api_key": "a non-empty string, or unset",
 }
 
 
@@ -141,7 +152,12 @@ def format_settings(settings: Settings, sources: Mapping[str, str]) -> str:
     for name in _SCALARS:
         value = getattr(settings, name)
         # TOML has no null, so an unset optional is shown commented out; loading the text leaves it unset.
-        text = f"# {name} = (not set)" if value is None else f"{name} = {_toml_value(value)}"
+        if value is None:
+            text = f"# {name} = (not set)"
+        elif name in _SECRETS:
+            text = f"# {name} = (set, not shown)"
+        else:
+            text = f"{name} = {_toml_value(value)}"
         rows.append((text, sources.get(name, DEFAULT_SOURCE)))
     width = max(len(text) for text, _ in rows)
     lines = [f"{text.ljust(width)}   # {source}" for text, source in rows]
@@ -245,6 +261,8 @@ def _check_rule(name: str, value: object) -> None:
     if name in _CHOICES and value not in _CHOICES[name]:
         raise _Invalid(value)
     if name == "device" and not is_device_name(str(value)):
+        raise _Invalid(value)
+    if name == "endpoint" and not str(value).startswith(("http://", "https://")):
         raise _Invalid(value)
     if name in generation.RULES and not generation.is_valid(name, value):
         raise _Invalid(value)

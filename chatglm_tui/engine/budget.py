@@ -11,6 +11,7 @@ reported (`fits=False`); callers refuse it, or summarize it when it is a documen
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from chatglm_tui.engine.protocol import Budget
@@ -63,3 +64,26 @@ def plan_budget(tokenizer: ChatGLMTokenizer, window: int, history: Sequence[Roun
     return Budget(window=window, history_tokens=bare, instruction_tokens=with_instruction - bare,
                   query_tokens=len(ids) - with_instruction, reserved=reserve,
                   dropped_rounds=tuple(range(kept_from)), fits=start is not None, prompt_ids=tuple(ids))
+
+
+def estimate_tokens(text: str) -> int:
+    """A token count without the tokenizer: a CJK character is about one token, other text about four characters
+    per token (generous for Chinese, close for English with ChatGLM-6B's and most GLM tokenizers)."""
+    cjk = sum(1 for char in text if "\u4e00" <= char <= "\u9fff")
+    return cjk + math.ceil((len(text) - cjk) / 4)
+
+
+def estimate_budget(window: int, history: Sequence[Round], query: str, instruction: str | None = None,
+                    reserve: int = DEFAULT_MAX_NEW_TOKENS) -> Budget:
+    """The budget by the same policy as `plan_budget`, with counts estimated from characters (`exact=False`)."""
+    history = tuple(history)
+    rounds = [estimate_tokens(question) + estimate_tokens(reply) + 10 for question, reply in history]  # markers
+    fixed = estimate_tokens(query) + 10
+    instruction_tokens = estimate_tokens(instruction) if instruction else 0
+    kept_from = 0
+    while kept_from < len(history) and sum(rounds[kept_from:]) + instruction_tokens + fixed + reserve > window:
+        kept_from += 1
+    fits = instruction_tokens + fixed + reserve <= window
+    return Budget(window=window, history_tokens=sum(rounds[kept_from:]) + 2, instruction_tokens=instruction_tokens,
+                  query_tokens=fixed - 2, reserved=reserve, dropped_rounds=tuple(range(kept_from)), fits=fits,
+                  exact=False)

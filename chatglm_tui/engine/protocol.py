@@ -149,6 +149,7 @@ class Budget:
     fits: bool  # False: even alone, the query (with the instruction) leaves no room for the reply
     # The ids of that prompt (kept rounds, instruction, query, [gMASK] <sop>), so nothing encodes it again.
     prompt_ids: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    exact: bool = True  # False: estimated from characters (a remote model whose tokenizer is unknown here)
 
     @property
     def used(self) -> int:

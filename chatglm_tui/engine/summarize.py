@@ -1,16 +1,26 @@
 """Long documents: split into token-measured chunks that fit the window, summarize each, combine.
 
-Pure planning and prompt text; the model calls go through a `generate(prompt, max_new_tokens, final)` callable
-supplied by the worker, so every call here is checked to fit the window before it is made. Planning tokenizes
-each part of the document a bounded number of times (so a long single-line document plans in linear time) and
-calls a cancellation check between steps.
+Planning and prompt text; the model calls go through a `generate(prompt, max_new_tokens, final)` callable
+(`summarize_request` makes it from an engine's own call, in-process or remote), so every call here is checked
+to fit the window before it is made. Planning tokenizes each part of the document a bounded number of times (so
+a long single-line document plans in linear time) and calls a cancellation check between steps.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 
+from chatglm_tui.engine.protocol import (
+    ChunkProgress,
+    EventCallback,
+    FinishReason,
+    GenerationFinished,
+    GenerationParams,
+    GenerationStats,
+    SummarizeRequest,
+)
 from chatglm_tui.errors import ContextOverflowError
 from chatglm_tui.model.tokenizer import ChatGLMTokenizer
 
@@ -255,3 +265,48 @@ class Summarizer:
             self.calls_planned += len(groups)
             notes = [self._call(self._prompt("combine", group, question, language), partial_tokens, final=False)
                      for group in groups]
+
+
+# One model call of a summary: (prompt, params, is_final) -> (text, reason, stats). The final call streams its
+# text and sends GenerationStarted; the others only return theirs.
+GenerateCall = Callable[[str, GenerationParams, bool], tuple[str, FinishReason, GenerationStats]]
+
+
+class _SummaryStopped(Exception):
+    """A stop was asked for during the summary: planning or a model call ends it."""
+
+
+def summarize_request(request: SummarizeRequest, tokenizer: ChatGLMTokenizer, window: int, generate: GenerateCall,
+                      on_event: EventCallback, is_stopped: Callable[[], bool]) -> None:
+    """Serve a SummarizeRequest through `generate`, for any engine: ChunkProgress per call, then one
+    GenerationFinished with the final call's text and the whole summary's time (reason "stopped" on a stop)."""
+    started = time.perf_counter()
+    final: dict[str, object] = {}
+
+    def call(prompt: str, max_new_tokens: int, is_final: bool) -> str:
+        text, reason, stats = generate(prompt, request.params.replace(max_new_tokens=max_new_tokens), is_final)
+        final.update(text=text, reason=reason, stats=stats)
+        if reason == "stopped":
+            raise _SummaryStopped
+        return text
+
+    def check_cancelled() -> None:
+        if is_stopped():
+            raise _SummaryStopped
+
+    summarizer = Summarizer(tokenizer, window, call,
+                            lambda done, total: on_event(ChunkProgress(request.id, done, total)),
+                            check_cancelled=check_cancelled)  # planning stops on cancel too
+    try:
+        summarizer.run(request.document, request.question, request.params.reply_reserve)
+    except _SummaryStopped:
+        pass
+    stats = final.get("stats")
+    total = time.perf_counter() - started
+    if isinstance(stats, GenerationStats):
+        stats = GenerationStats(stats.prompt_tokens, stats.new_tokens, stats.time_to_first_token_s,
+                                stats.tokens_per_s, total)
+    else:
+        stats = GenerationStats(0, 0, 0.0, 0.0, total)
+    reason = final.get("reason", "stopped")
+    on_event(GenerationFinished(request.id, reason, str(final.get("text", "")), stats))  # type: ignore[arg-type]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -19,7 +18,6 @@ from chatglm_tui.engine.budget import plan_budget
 from chatglm_tui.engine.protocol import (
     Budget,
     ChatRequest,
-    ChunkProgress,
     EventCallback,
     FinishReason,
     GenerationFailed,
@@ -36,7 +34,7 @@ from chatglm_tui.engine.protocol import (
     SummarizeRequest,
     TextDelta,
 )
-from chatglm_tui.engine.summarize import Summarizer
+from chatglm_tui.engine.summarize import summarize_request
 from chatglm_tui.errors import ChatGLMError, ContextOverflowError, EngineNotReadyError
 from chatglm_tui.model import hub
 from chatglm_tui.model.params import DEFAULT_MAX_NEW_TOKENS
@@ -65,10 +63,6 @@ class LoadReporter:
 
 # A loader builds the model on the worker thread. It may take a plain event callback: a LoadReporter is one.
 Loader = Callable[[LoadReporter], "ChatGLM"]
-
-
-class _Stopped(Exception):
-    """Raised inside generation when the request was cancelled or the worker is closing."""
 
 
 class InferenceWorker(threading.Thread):
@@ -180,10 +174,6 @@ class InferenceWorker(threading.Thread):
             stopped = request_id in self._cancelled
         return stopped or self._closing.is_set()
 
-    def _check(self, request_id: str) -> None:
-        if self._stop_requested(request_id):
-            raise _Stopped
-
     def _serve(self, request: Request, on_event: EventCallback) -> None:
         try:
             with self._lock:
@@ -217,36 +207,15 @@ class InferenceWorker(threading.Thread):
         on_event(GenerationFinished(request.id, reason, text, stats))
 
     def _summarize(self, request: SummarizeRequest, on_event: EventCallback) -> None:
-        started = time.perf_counter()
-        final: dict[str, object] = {}
-
-        def generate(prompt: str, max_new_tokens: int, is_final: bool) -> str:
+        def generate(prompt: str, params: GenerationParams,
+                     is_final: bool) -> tuple[str, FinishReason, GenerationStats]:
             ids = self._model.tokenizer.encode(prompt, parse_special=False)
             if is_final:
                 on_event(GenerationStarted(request.id, len(ids)))
-            params = request.params.replace(max_new_tokens=max_new_tokens)
-            text, reason, stats = self._generate(request.id, ids, params, on_event, stream=is_final)
-            final.update(text=text, reason=reason, stats=stats)
-            if reason == "stopped":
-                raise _Stopped
-            return text
+            return self._generate(request.id, ids, params, on_event, stream=is_final)
 
-        summarizer = Summarizer(self._model.tokenizer, self.context_window, generate,
-                                lambda done, total: on_event(ChunkProgress(request.id, done, total)),
-                                check_cancelled=lambda: self._check(request.id))  # planning stops on cancel too
-        try:
-            summarizer.run(request.document, request.question, request.params.reply_reserve)
-        except _Stopped:
-            pass
-        stats = final.get("stats")
-        total = time.perf_counter() - started
-        if isinstance(stats, GenerationStats):
-            stats = GenerationStats(stats.prompt_tokens, stats.new_tokens, stats.time_to_first_token_s,
-                                    stats.tokens_per_s, total)
-        else:
-            stats = GenerationStats(0, 0, 0.0, 0.0, total)
-        reason = final.get("reason", "stopped")
-        on_event(GenerationFinished(request.id, reason, str(final.get("text", "")), stats))  # type: ignore[arg-type]
+        summarize_request(request, self._model.tokenizer, self.context_window, generate, on_event,
+                          lambda: self._stop_requested(request.id))
 
     def _generate(self, request_id: str, ids: list[int], params: GenerationParams, on_event: EventCallback,
                   stream: bool) -> tuple[str, FinishReason, GenerationStats]:

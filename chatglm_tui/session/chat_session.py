@@ -153,6 +153,18 @@ class ChatSession:
             stats=reply_stats(finished))
         return self._save(message) if pending.conversation_id == self.id else message
 
+    def record(self, request: ChatRequest, finished: GenerationFinished) -> Message:
+        """Save an exchange made elsewhere (a request `chatglm serve` answered) as a new conversation: its
+        instruction, its earlier rounds, the question and the reply."""
+        self.new()
+        self.draft_params, self.draft_instruction = request.params, request.instruction
+        title = title_from(request.query)
+        for question, reply in request.history:
+            asked, _ = self.send(question, title=title)
+            self._save(self.store.add_message(asked.conversation_id, "assistant", reply, parent_id=asked.id))
+        _, pending = self.send(request.query, title=title)
+        return self.save_reply(pending, finished)
+
     def _save(self, message: Message) -> Message:
         self.tree.add(message)
         self.leaf_id = message.id

@@ -50,8 +50,10 @@ class ChatApp(App[None]):
         self.settings, self.engine, self.store = settings, engine, store
         self.persist_theme = persist_theme
         quantization = "fp16/fp32" if settings.quantization == "none" else settings.quantization
-        self.chat_screen = ChatScreen(ChatSession(store, settings), engine,
-                                      (settings.model, settings.device, quantization), conversation_id, clock)
+        # Until the engine says what runs: the local device and format, or the remote server.
+        runs_on = ("remote", settings.endpoint) if settings.endpoint else (settings.device, quantization)
+        self.chat_screen = ChatScreen(ChatSession(store, settings), engine, (settings.model, *runs_on),
+                                      conversation_id, clock)
 
     def on_mount(self) -> None:
         self.apply_themes()

@@ -70,7 +70,8 @@ class BudgetMeter(Widget):
         budget = self.budget
         for name, size in bar_cells(budget):
             text.append(self.SYMBOLS[name] * size, style(f"budget-meter--{name}"))
-        numbers = f" {budget.used:,} + {budget.reserved:,} / {budget.window:,}"
+        approx = "" if budget.exact else "≈"  # the remote model's tokenizer is unknown: counts are estimated
+        numbers = f" {approx}{budget.used:,} + {budget.reserved:,} / {budget.window:,}"
         text.append(numbers, style("budget-meter--numbers"))
         # The alert comes before the legend: on a narrow screen the legend is what gets cut off.
         if not budget.fits:
@@ -92,6 +93,9 @@ class BudgetMeter(Widget):
         lines = [f"history {budget.history_tokens:,} · instruction {budget.instruction_tokens:,} · "
                  f"draft {budget.query_tokens:,} · reply reserve {budget.reserved:,} · "
                  f"free {max(budget.free, 0):,} of {budget.window:,} tokens"]
+        if not budget.exact:
+            lines.append("estimated (≈): the remote model's tokenizer is not known here, so counts come from the "
+                         "length of the text")
         if budget.dropped_rounds:
             lines.append(f"{describe_dropped(budget.dropped_rounds)}: the model will not see them "
                          "(they stay saved and are marked in the chat)")
