@@ -44,9 +44,9 @@ from chatglm_tui.server.completions import (
     read_completion,
     usage_chunk,
 )
+from chatglm_tui.terminal.wording import counted
 
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer (logged, never received)
-DISCONNECT_POLL_SECONDS = 0.1  # how often a waiting, non-streamed request checks that its client is still there
 # Called after each finished reply (in a thread): `chatglm serve --save` stores the exchange.
 OnFinished = Callable[[ChatRequest, GenerationFinished], None]
 
@@ -81,15 +81,8 @@ class _Exchange:
         self.engine.submit(self.request.chat, lambda event: self.loop.call_soon_threadsafe(self.events.put_nowait,
                                                                                            event))
 
-    async def next(self, client: Request | None = None) -> Event:
-        """The next event; with `client`, checking all the while that the client is still connected."""
-        event: Event | None = None
-        while event is None:
-            try:
-                event = await asyncio.wait_for(self.events.get(), DISCONNECT_POLL_SECONDS if client else None)
-            except asyncio.TimeoutError:
-                if client is not None and await client.is_disconnected():
-                    raise _ClientGone from None
+    async def next(self) -> Event:
+        event = await self.events.get()
         self.ended = isinstance(event, (GenerationFinished, GenerationFailed))
         return event
 
@@ -163,9 +156,10 @@ class CompletionsService:
                                          chat.params.reply_reserve)
         if not budget.fits:
             over = budget.used + budget.reserved - budget.window
-            raise ApiError(400, f"the last message is {budget.query_tokens + budget.instruction_tokens} tokens "
-                                f"(with the instruction); with room for a {budget.reserved}-token reply it is {over} "
-                                f"tokens over the {budget.window}-token window: shorten it by {over} tokens, or "
+            size = counted(budget.query_tokens + budget.instruction_tokens, "token")
+            raise ApiError(400, f"the last message is {size} (with the instruction); with room for a "
+                                f"{budget.reserved}-token reply it is {counted(over, 'token')} over the "
+                                f"{budget.window}-token window: shorten it by {counted(over, 'token')}, or "
                                 "lower max_tokens", param="messages", code="context_length_exceeded")
 
     def _admit(self, request: CompletionRequest) -> _Exchange:
@@ -179,27 +173,37 @@ class CompletionsService:
     def _release(self) -> None:
         self.pending -= 1
 
-    async def _first_event(self, exchange: _Exchange,
-                           client: Request | None = None) -> tuple[GenerationStarted, Event]:
+    async def _first_event(self, exchange: _Exchange) -> tuple[GenerationStarted, Event]:
         """Wait (in the queue, then while the prompt is read) for the reply to start: the start, and the first
         event that matters (the start itself, or text, the end or a failure when it did not say it started)."""
         while True:
-            event = await exchange.next(client)
+            event = await exchange.next()
             if isinstance(event, GenerationStarted):
                 return event, event
             if isinstance(event, (GenerationFinished, GenerationFailed, TextDelta)):
                 return GenerationStarted(exchange.request.chat.id, 0), event
 
     async def _whole(self, exchange: _Exchange, client: Request) -> dict[str, object]:
-        """Wait (polling the client) for the whole reply; it is cut at a stop sequence."""
-        started, event = await self._first_event(exchange, client)
+        """The whole reply, or _ClientGone as soon as the client disconnects (the caller cancels the generation)."""
+        reply = asyncio.ensure_future(self._collect(exchange))
+        gone = asyncio.ensure_future(_disconnected(client))
+        await asyncio.wait({reply, gone}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (reply, gone):
+            task.cancel()
+        if not reply.done() or reply.cancelled():
+            raise _ClientGone
+        return reply.result()
+
+    async def _collect(self, exchange: _Exchange) -> dict[str, object]:
+        """Wait for the whole reply; it is cut at a stop sequence."""
+        started, event = await self._first_event(exchange)
         scanner = StopScanner(exchange.request.stops)
         while not isinstance(event, (GenerationFinished, GenerationFailed)):
             if isinstance(event, TextDelta):
                 scanner.feed(event.text)
             if scanner.stopped:
                 self.engine.cancel(exchange.request.chat.id)
-            event = await exchange.next(client)
+            event = await exchange.next()
         if isinstance(event, GenerationFailed):
             raise ApiError(500, event.message, kind="server_error")
         scanner.flush()
@@ -240,6 +244,13 @@ class CompletionsService:
         if self.options.on_finished is not None:
             reply = GenerationFinished(finished.request_id, finished.reason, scanner.reply, finished.stats)
             await run_in_threadpool(self.options.on_finished, chat, reply)
+
+
+async def _disconnected(client: Request) -> None:
+    """Return when the client disconnects. Its body is read already, so the next ASGI message can only be the
+    disconnect (what Starlette's StreamingResponse listens for; `is_disconnected()` may not see it in time)."""
+    while (await client.receive())["type"] != "http.disconnect":
+        pass
 
 
 def make_server_app(engine: Engine, options: ServerOptions) -> Starlette:
