@@ -14,6 +14,7 @@ from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
     RepositoryNotFoundError,
 )
 
@@ -45,15 +46,17 @@ def offline_hub(tmp_path, monkeypatch) -> Path:
     return home
 
 
-def _cache_repo(home: Path, repo: str = REPO, files: tuple[str, ...] = ("config.json",)) -> Path:
-    """The Hugging Face cache layout by hand: refs/main -> commit, snapshots/<commit>/<files>."""
+def _cache_repo(home: Path, repo: str = REPO, files: tuple[str, ...] = ("config.json",),
+                config: dict | None = None) -> Path:
+    """The Hugging Face cache layout by hand: refs/main -> commit, snapshots/<commit>/<files> (each holding
+    `config`, by default a ChatGLM-6B-shaped one); adds to what is there."""
     storage = home / "hub" / ("models--" + repo.replace("/", "--"))
-    (storage / "refs").mkdir(parents=True)
+    (storage / "refs").mkdir(parents=True, exist_ok=True)
     (storage / "refs" / "main").write_text(COMMIT, encoding="utf-8")
     snapshot = storage / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
     for name in files:
-        (snapshot / name).write_text(json.dumps({"hidden_size": 64}), encoding="utf-8")
+        (snapshot / name).write_text(json.dumps(config or {"hidden_size": 64}), encoding="utf-8")
     return snapshot
 
 
@@ -143,8 +146,22 @@ def test_snapshot_without_config_is_not_a_model(offline_hub):
         resolve_model(REPO)
 
 
-def _fake_hub(monkeypatch, error: BaseException) -> list[dict]:
-    """Online mode where snapshot_download raises `error` (the cache lookup finds nothing); records calls."""
+def _fake_config_download(monkeypatch, calls: list[dict], config: dict | None = None,
+                          error: BaseException | None = None) -> None:
+    """hf_hub_download, as `_download` asks it for config.json first: it puts `config` (a ChatGLM-6B one by
+    default) in the cache and returns its path, or raises `error`; every call is recorded in `calls`."""
+    def fake_hf_hub_download(repo_id: str, filename: str, **kwargs: object) -> str:
+        calls.append({"repo_id": repo_id, "filename": filename, **kwargs})
+        if error is not None:
+            raise error
+        return str(_cache_repo(Path(hub_cache_dir()).parent, repo_id, (filename,), config) / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_hub_download)
+
+
+def _fake_hub(monkeypatch, error: BaseException, config_error: BaseException | None = None) -> list[dict]:
+    """Online mode where snapshot_download raises `error` (the cache lookup finds nothing) after config.json
+    came down (or failed with `config_error`); records calls."""
     monkeypatch.delenv("HF_HUB_OFFLINE")
     calls: list[dict] = []
 
@@ -155,6 +172,7 @@ def _fake_hub(monkeypatch, error: BaseException) -> list[dict]:
         raise error
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    _fake_config_download(monkeypatch, calls, error=config_error)
     return calls
 
 
@@ -189,11 +207,56 @@ def test_download_asks_only_for_weights_and_configs(monkeypatch, offline_hub):
     calls = _fake_hub(monkeypatch, httpx2.ConnectError("refused"))
     with pytest.raises(ModelNotFoundError):
         resolve_model(REPO, download=True)
-    assert [call.get("local_files_only", False) for call in calls] == [True, False]
+    assert [(call.get("filename"), call.get("local_files_only", False)) for call in calls] == [
+        (None, True), ("config.json", False), (None, False)]  # the cache, config.json alone, then the snapshot
     for call in calls:
-        assert call["allow_patterns"] == list(ALLOW_PATTERNS)
         assert "trust_remote_code" not in call
         assert call["cache_dir"] == offline_hub / "hub"
+        assert "filename" in call or call["allow_patterns"] == list(ALLOW_PATTERNS)
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (RemoteEntryNotFoundError("404 Client Error", response=_response(404)),
+     f"the repository {REPO} has no config.json: it is not a ChatGLM-6B checkpoint"),
+    (GatedRepoError("gated", response=_response(401)), f"{REPO} is gated: accept its terms"),
+    (httpx2.ConnectError("refused"), "cannot be reached"),
+])
+def test_a_failed_config_download_is_one_line_and_downloads_nothing_more(monkeypatch, error, expected):
+    calls = _fake_hub(monkeypatch, AssertionError("the snapshot must not be downloaded"), config_error=error)
+    with pytest.raises(ModelNotFoundError) as info:
+        pull_model(REPO)
+    assert expected in _one_line(info)
+    assert [call.get("filename") for call in calls if not call.get("local_files_only")] == ["config.json"]
+
+
+CHATGLM3_CONFIG = {"_name_or_path": "THUDM/chatglm3-6b", "model_type": "chatglm", "architectures": ["ChatGLMModel"],
+                   "auto_map": {"AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration"},
+                   "padded_vocab_size": 65024, "multi_query_attention": True, "kv_channels": 128, "seq_length": 8192,
+                   "ffn_hidden_size": 13696, "num_layers": 28, "hidden_size": 4096, "num_attention_heads": 32}
+GLM4_CONFIG = {"_name_or_path": "THUDM/glm-4-9b-chat", "model_type": "chatglm", "padded_vocab_size": 151552,
+               "rope_ratio": 500, "seq_length": 131072, "num_layers": 40, "multi_query_attention": True}
+
+
+@pytest.mark.parametrize(("config", "family"), [(CHATGLM3_CONFIG, "ChatGLM3-6B"), (GLM4_CONFIG, "GLM-4")])
+def test_pull_refuses_another_family_before_downloading_the_weights(monkeypatch, offline_hub, config, family):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls: list[dict] = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda *args, **kwargs: pytest.fail("the weights were asked for"))
+    _fake_config_download(monkeypatch, calls, config)
+    with pytest.raises(CheckpointError) as info:
+        pull_model(REPO)
+    message = _one_line(info)
+    assert f"this is a {family} checkpoint, which is not supported" in message and "ChatGLM-6B" in message
+    assert [(call["repo_id"], call["filename"], call["cache_dir"]) for call in calls] == [
+        (REPO, "config.json", offline_hub / "hub")]  # the same cache the snapshot uses
+
+
+def test_pull_of_a_chatglm_6b_repository_goes_on_to_the_snapshot(monkeypatch, offline_hub):
+    calls = _fake_hub(monkeypatch, OSError(28, "No space left on device"))
+    with pytest.raises(ModelNotFoundError, match="could not save"):
+        pull_model(REPO)
+    assert [call.get("filename") for call in calls if not call.get("local_files_only")] == ["config.json", None]
 
 
 def test_allow_patterns_exclude_code():
@@ -299,6 +362,7 @@ def _fake_download(monkeypatch, sizes: dict[str, int], chunk: int = 1000) -> lis
         return str(snapshot)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    _fake_config_download(monkeypatch, [])
     return calls
 
 
@@ -360,7 +424,8 @@ def test_a_real_snapshot_download_reports_bytes(monkeypatch, capfd):
             return httpx2.Response(200, json={"id": REPO, "sha": COMMIT,
                                               "siblings": [{"rfilename": name} for name in files]})
         name = path.rsplit("/", 1)[-1]
-        if path == f"/{REPO}/resolve/{COMMIT}/{name}" and name in files:
+        # config.json is asked for alone first, by branch (main), then the snapshot's files by commit.
+        if path in (f"/{REPO}/resolve/{COMMIT}/{name}", f"/{REPO}/resolve/main/{name}") and name in files:
             body = files[name]
             headers = {"X-Repo-Commit": COMMIT, "ETag": f'"etag-{name}"', "Content-Length": str(len(body))}
             return httpx2.Response(200, headers=headers, content=b"" if request.method == "HEAD" else body)
@@ -373,7 +438,34 @@ def test_a_real_snapshot_download_reports_bytes(monkeypatch, capfd):
     finally:
         _http.set_client_factory(_http.default_client_factory)
     assert sorted(path.name for path in folder.iterdir()) == ["config.json", "pytorch_model.bin"]
-    total = len(files["config.json"]) + len(files["pytorch_model.bin"])
-    assert reports[-1] == (total, total, f"downloading {REPO} (2 of 2 files)")
+    # config.json comes first, alone (its family is checked before the weights); the snapshot then has it.
+    config_size, weights_size = len(files["config.json"]), len(files["pytorch_model.bin"])
+    assert reports[0] == (config_size, config_size, f"downloading {REPO}")
+    assert reports[-1] == (weights_size, weights_size, f"downloading {REPO} (2 of 2 files)")
+    assert sum(1 for path in served if path.endswith("/config.json")) <= 2  # HEAD and GET once, not again
     assert capfd.readouterr().err == ""
     assert not any("modeling" in path for path in served)
+
+
+def test_model_info_names_the_family_and_whether_it_runs(fixture_dir, tmp_path):
+    assert (model_info(fixture_dir / "int4")["family"], model_info(fixture_dir / "int4")["supported"]) == (
+        "ChatGLM-6B", True)
+    (tmp_path / "config.json").write_text(json.dumps(CHATGLM3_CONFIG), encoding="utf-8")
+    (tmp_path / "model.safetensors").write_bytes(b"0")
+    info = model_info(tmp_path)
+    assert (info["family"], info["supported"]) == ("ChatGLM3-6B", False)
+    assert info["config"]["vocab_size"] is None and info["total_size"] == 1  # the same summary keys for every family
+
+
+def test_resolving_a_checkpoint_of_another_family_to_load_it_is_refused(tmp_path, offline_hub):
+    local = tmp_path / "glm4"
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps(GLM4_CONFIG), encoding="utf-8")
+    with pytest.raises(CheckpointError) as error:
+        resolve_model(str(local), download=True)  # what the engine's loader asks, before reading the tokenizer
+    assert "this is a GLM-4 checkpoint, which is not supported" in _one_line(error)
+    assert resolve_model(str(local), supported_only=False) == local  # `model info` and `model path`
+    cached = _cache_repo(offline_hub, config=CHATGLM3_CONFIG)
+    with pytest.raises(CheckpointError, match="this is a ChatGLM3-6B checkpoint"):
+        resolve_model(REPO)
+    assert resolve_model(REPO, supported_only=False) == cached

@@ -397,3 +397,57 @@ def test_the_endpoint_settings_and_a_key_that_is_never_shown(tmp_path):
     with pytest.raises(ConfigError, match=r"invalid endpoint = \"gpu-box:8000\".*an http:// or https:// URL"):
         apply_overrides(Settings(), endpoint="gpu-box:8000")
     assert load_settings(tmp_path / "none.toml", {"CHATGLM_ENDPOINT": ""})[0].endpoint is None
+
+
+# ---------------------------------------------------------------- `config show` checks the keymap
+
+
+def test_format_settings_flags_unknown_binding_ids_and_conflicting_keys(tmp_path):
+    # The README's old example: ctrl+o was already chat.find, so the footer said "New line" but ctrl+o still filtered.
+    path = _write(tmp_path, '[keymap]\n"chat.newline" = "ctrl+o"\n"chat.sned" = "x"\n"chat.copy_code" = "f6"\n')
+    settings, sources = load_settings(path, {})
+    text = format_settings(settings, sources)
+    lines = text.splitlines()
+    assert '"chat.sned" = "x"   # unknown binding id: ignored (F1 in the app lists them)' in lines
+    assert '"chat.copy_code" = "f6"' in lines and '"chat.newline" = "ctrl+o"' in lines  # fine ones: no comment
+    [conflict] = [line for line in lines if line.startswith("# conflict:")]
+    assert "ctrl+o" in conflict and "chat.find (default)" in conflict and "chat.newline ([keymap])" in conflict
+    assert "give chat.newline another key" in conflict
+    assert tomllib.loads(text)["keymap"] == settings.keymap  # the comments keep it valid TOML
+
+
+def test_format_settings_keeps_a_strange_key_inside_its_comment():
+    strange = "z\n[x]\u001b"  # a key is the user's text: it must not end the comment or reach the terminal raw
+    settings = dataclasses.replace(Settings(), keymap={"chat.newline": strange, "chat.find": strange})
+    text = format_settings(settings, {})
+    assert [line for line in text.splitlines() if line.startswith("# conflict:")]
+    assert tomllib.loads(text)["keymap"] == settings.keymap and "x" not in tomllib.loads(text)
+    assert "\u001b" not in text
+
+
+def test_format_settings_without_problems_adds_no_comment():
+    settings = dataclasses.replace(Settings(), keymap={"chat.newline": "ctrl+t", "app.help": "f1,f12"})
+    assert "# conflict" not in format_settings(settings, {}) and "unknown" not in format_settings(settings, {})
+
+
+def test_config_show_prints_the_keymap_problems(tmp_path):
+    import os
+    import subprocess
+
+    home = tmp_path / "home"
+    (home / "config").mkdir(parents=True)
+    (home / "config" / "config.toml").write_text('[keymap]\n"chat.newline" = "ctrl+o"\n"nope" = "f9"\n')
+    shown = subprocess.run([sys.executable, "-m", "chatglm_tui", "config", "show"], capture_output=True, text=True,
+                           env={**os.environ, "CHATGLM_HOME": str(home)}, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert '"nope" = "f9"   # unknown binding id' in shown.stdout
+    assert "# conflict: ctrl+o is bound to chat.find (default) and chat.newline ([keymap])" in shown.stdout
+
+
+def test_the_keymap_data_loads_no_textual():
+    import subprocess
+
+    code = ("import sys, chatglm_tui.config.keymap, chatglm_tui.config.settings; "
+            "print(any(m.split('.')[0] == 'textual' for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"

@@ -30,17 +30,22 @@ from chatglm_tui.engine.protocol import (
     Event,
     GenerationFailed,
     GenerationFinished,
+    GenerationParams,
     GenerationStarted,
     PrefillProgress,
     Request,
     SummarizeRequest,
     TextDelta,
+    chunk_text,
 )
+from chatglm_tui.engine.summarize import history_stand_in
 from chatglm_tui.errors import ChatGLMError, GenerationError
 from chatglm_tui.session.chat_session import PendingReply, reply_stats
+from chatglm_tui.session.documents import decode_document
 from chatglm_tui.store.titles import title_from
 from chatglm_tui.terminal.inert import StreamingInert, inert, inert_json
 from chatglm_tui.terminal.signals import STOP_SIGNALS
+from chatglm_tui.terminal.wording import counted
 
 EXIT_INTERRUPTED = 130
 _ACCEPTED = (GenerationStarted, PrefillProgress, ChunkProgress, TextDelta)  # the engine took the request
@@ -48,10 +53,6 @@ _ACCEPTED = (GenerationStarted, PrefillProgress, ChunkProgress, TextDelta)  # th
 
 class OutputError(ChatGLMError):
     """stdout could not take the reply (which is saved nonetheless)."""
-
-
-class InputError(ChatGLMError):
-    """The text piped in cannot be used."""
 
 
 class UsageError(ChatGLMError):
@@ -72,19 +73,13 @@ class AskOptions:
 
 
 def read_document(stream: TextIO | None) -> str | None:
-    """The text piped on `stream`, or None for a terminal, a closed stdin or empty input; InputError for binary or
-    non-UTF-8 input."""
+    """The text piped on `stream`, or None for a terminal, a closed stdin or empty input; DocumentError for binary
+    or non-UTF-8 input."""
     if stream is None or is_terminal(stream):
         return None
     data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read().encode()
-    if b"\x00" in data:
-        raise InputError("stdin looks binary (it contains NUL bytes): pipe text, e.g. "
-                         "`pdftotext report.pdf - | chatglm ask`")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"stdin is not valid UTF-8 (at byte {exc.start}): convert it first, e.g. "
-                         "`iconv -f GBK -t UTF-8 file.txt | chatglm ask`") from exc
+    text = decode_document(data, "stdin", "pipe text, e.g. `pdftotext report.pdf - | chatglm ask`",
+                           "`iconv -f GBK -t UTF-8 file.txt | chatglm ask`")
     return text if text.strip() else None
 
 
@@ -120,11 +115,11 @@ class _Conversation:
     def id(self) -> str | None:
         return self.session.id if self.session else None
 
-    def save_question(self, text: str) -> None:
+    def save_question(self, text: str, history_text: str | None = None) -> None:
         """Commit the question once the engine has taken it (a question it refuses, e.g. too long, is not saved)."""
         if self.pending is not None or not self.options.save or self.session is None:
             return
-        _, self.pending = self.session.send(text, title=self.title)
+        _, self.pending = self.session.send(text, title=self.title, history_text=history_text)
 
     def save_reply(self, finished: GenerationFinished) -> None:
         """Commit the reply (whole, or partial and marked stopped) under its question."""
@@ -137,14 +132,16 @@ class _Conversation:
 
 
 class _Progress:
-    """The stderr status text: which part of a long document is being read, and how far into its prompt."""
+    """What the stderr status line says while a request runs (which part of a long document, how far into its
+    prompt), and what the engine reported that the answer must mention (rounds left out of the prompt)."""
 
     def __init__(self) -> None:
         self.part = ""
+        self.dropped_rounds: tuple[int, ...] = ()
 
     def text(self, event: Event) -> str | None:
         if isinstance(event, ChunkProgress):
-            self.part = f"summarizing part {min(event.done + 1, event.total)} of {event.total} · "
+            self.part = f"summarizing {chunk_text(event)} · "
             return self.part + "starting"
         if isinstance(event, PrefillProgress):
             return f"{self.part}reading the prompt: {event.done}/{event.total} tokens"
@@ -218,11 +215,11 @@ class _StopSignals:
             signal.signal(signum, previous)
 
 
-def _wait(engine: Engine, request: Request, events: queue.Queue[Event], printer: _Printer,
-          status: StatusLine, accepted: Callable[[], None]) -> tuple[GenerationFinished | GenerationFailed, int]:
+def _wait(engine: Engine, request: Request, events: queue.Queue[Event], printer: _Printer, status: StatusLine,
+          progress: _Progress, accepted: Callable[[], None]) -> tuple[GenerationFinished | GenerationFailed, int]:
     """Consume events until the request ends; a stop signal or a reader that left (EPIPE) cancels it and keeps
     waiting for the partial reply. Returns the last event and the exit code it implies (0 if none)."""
-    cancelled, progress = False, _Progress()
+    cancelled = False
     with _StopSignals() as stop:
         while True:
             if (stop.pressed.is_set() or printer.reader_gone) and not cancelled:
@@ -247,7 +244,10 @@ def _handle(event: Event, printer: _Printer, status: StatusLine,
         status.clear()
         printer.write(event.text)
     elif isinstance(event, GenerationStarted) and event.dropped_rounds:
-        status.show(f"note: the {len(event.dropped_rounds)} oldest rounds are left out to fit the window")
+        progress.dropped_rounds = event.dropped_rounds
+        count = len(event.dropped_rounds)
+        status.notice(f"note: the {count} oldest round{'s are' if count > 1 else ' is'} left out to fit the window "
+                      "(they stay saved)")  # a line that stays: the reply below did not see them
     elif (text := progress.text(event)) is not None:
         status.show(text)
     elif isinstance(event, (GenerationFinished, GenerationFailed)):
@@ -256,8 +256,8 @@ def _handle(event: Event, printer: _Printer, status: StatusLine,
     return None
 
 
-def _report(finished: GenerationFinished, conversation: _Conversation, options: AskOptions,
-            printer: _Printer) -> None:
+def _report(finished: GenerationFinished, conversation: _Conversation, options: AskOptions, printer: _Printer,
+            progress: _Progress) -> None:
     """The reply at the end, for --json (exact text, escaped) and --render (Markdown, inert)."""
     if options.as_json:
         stats = reply_stats(finished)
@@ -265,6 +265,7 @@ def _report(finished: GenerationFinished, conversation: _Conversation, options: 
             "reply": finished.text, "reason": finished.reason, "session_id": conversation.id,
             "prompt_tokens": finished.stats.prompt_tokens, "new_tokens": finished.stats.new_tokens,
             **{name: stats[name] for name in ("time_to_first_token_s", "tokens_per_s", "total_s")},
+            "dropped_rounds": list(progress.dropped_rounds),
         }) + "\n")
     elif options.render and printer.stdout is not None and is_terminal(printer.stdout):
         from rich.console import Console
@@ -287,6 +288,26 @@ def _output_problem(printer: _Printer, conversation: _Conversation) -> OutputErr
     return OutputError(f"the reply could not be written to stdout ({reason}); {where}")
 
 
+def _request(question: str | None, document: str | None, conversation: _Conversation,
+             params: GenerationParams) -> tuple[Request, tuple[str, str | None]]:
+    """The request, and what to save as the question: its text and, for a document, what follow-ups give the
+    model instead (what was asked; the summary is the reply)."""
+    if document is not None:
+        saved = f"{question}\n\n{document}" if question else document
+        return SummarizeRequest(document, question, params), (saved, history_stand_in(document, question))
+    assert question is not None  # the caller checked: a question or a document
+    return ChatRequest(question, conversation.history, conversation.instruction, params), (question, None)
+
+
+def _notice_end(finished: GenerationFinished, code: int, options: AskOptions, status: StatusLine) -> None:
+    """A line on stderr when the reply did not end by itself: stopped, or cut off at the reply limit."""
+    if code not in (0, EXIT_READER_GONE):
+        status.notice("stopped" + (": the partial reply is saved" if options.save else ""))
+    elif finished.reason == "length":
+        status.notice(f"the reply was cut off at the limit of {counted(finished.stats.new_tokens, 'token')}: "
+                      "continue it with `chatglm ask -c \"continue\"`, or ask again with a larger --max-new-tokens")
+
+
 def run_ask(options: AskOptions, stdin: TextIO | None = sys.stdin, stdout: TextIO | None = sys.stdout,
             stderr: TextIO = sys.stderr) -> int:
     """Answer, print, save; return the exit code (0; 128 + N after stop signal N; 141 when stdout's reader left)."""
@@ -300,30 +321,21 @@ def run_ask(options: AskOptions, stdin: TextIO | None = sys.stdin, stdout: TextI
     try:
         engine = engine_for(settings)
         load_with_progress(engine, status)
-        params = settings.generation
-        request: Request
-        if document is not None:
-            request = SummarizeRequest(document, question, params)
-            saved_text = f"{question}\n\n{document}" if question else document
-        else:
-            assert question is not None  # checked above: a question or a document
-            request = ChatRequest(question, conversation.history, conversation.instruction, params)
-            saved_text = question
+        request, saved = _request(question, document, conversation, settings.generation)
         events: queue.Queue[Event] = queue.Queue()
         engine.submit(request, events.put)
-        printer = _Printer(stdout, streaming=not (options.as_json or options.render))
-        event, code = _wait(engine, request, events, printer, status,
-                            accepted=lambda: conversation.save_question(saved_text))
+        printer, progress = _Printer(stdout, streaming=not (options.as_json or options.render)), _Progress()
+        event, code = _wait(engine, request, events, printer, status, progress,
+                            accepted=lambda: conversation.save_question(*saved))
         if isinstance(event, GenerationFailed):
             raise GenerationError(event.message)
-        conversation.save_question(saved_text)  # e.g. stopped while still queued: the question is kept
+        conversation.save_question(*saved)  # e.g. stopped while still queued: the question is kept
         conversation.save_reply(event)
         printer.end()
-        _report(event, conversation, options, printer)
+        _report(event, conversation, options, printer, progress)
         if printer.failure is not None and code == 0:
             raise _output_problem(printer, conversation)
-        if code not in (0, EXIT_READER_GONE) and status.enabled:
-            status.notice("stopped" + (": the partial reply is saved" if options.save else ""))
+        _notice_end(event, code, options, status)
         return code
     finally:
         if engine is not None:

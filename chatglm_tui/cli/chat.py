@@ -48,10 +48,12 @@ def run_chat(options: ChatOptions) -> int:
 
     if not options.demo:
         return _run(options, SessionStore(default_store_path()))
+    from chatglm_tui.tui.clipboard import copies_kept_in
     from chatglm_tui.tui.demo import seed_demo_store
 
-    with tempfile.TemporaryDirectory(prefix="chatglm-demo-") as scratch:
-        # Sample chats in a throw-away store: the user's own conversations are never shown or touched.
+    with tempfile.TemporaryDirectory(prefix="chatglm-demo-") as scratch, copies_kept_in(Path(scratch)):
+        # Sample chats in a throw-away store, and copies saved beside it: the user's own conversations and
+        # last-copy.txt are never shown or touched.
         path = Path(scratch) / "demo.sqlite3"
         seed_demo_store(path)
         return _run(options, SessionStore(path))
@@ -70,7 +72,9 @@ def _run(options: ChatOptions, store: SessionStore) -> int:
             conversation = latest.id if latest else None
         engine = engine_for(options.settings, options.demo)
         try:
-            app = make_app(for_display(options.settings), engine, store, conversation_id=conversation)
+            # The demo is a throw-away: a theme picked there is not saved to the user's config.
+            app = make_app(for_display(options.settings, options.demo), engine, store, conversation_id=conversation,
+                           persist_theme=not options.demo)
             app.run()
         finally:
             engine.close()

@@ -11,7 +11,8 @@ app = typer.Typer(help="Show the effective configuration and where it lives.", n
 
 @app.command("show")
 def config_show() -> None:
-    """Print every setting with its value and where it came from (default, config file, environment)."""
+    """Print every setting with its value and where it came from (default, config file, environment); keymap ids
+    that name no binding and keys given to two bindings are flagged in comments."""
     from chatglm_tui.config.settings import format_settings, load_settings
 
     echo(format_settings(*load_settings()))

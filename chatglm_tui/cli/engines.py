@@ -10,9 +10,16 @@ from chatglm_tui.cli.output import StatusLine
 from chatglm_tui.config.settings import Settings
 from chatglm_tui.engine.protocol import Engine, Event, LoadProgress, load_text
 
+# What the status bar names in `--demo`: no model is loaded, so the configured one must not look ready.
+DEMO_MODEL = "demo (scripted replies)"
+DEMO_BACKEND = "no model loaded"
 
-def for_display(settings: Settings) -> Settings:
-    """With an endpoint, the model shown and saved with conversations is the remote one, not the local default."""
+
+def for_display(settings: Settings, demo: bool = False) -> Settings:
+    """The settings as the app shows them and saves them with conversations: in the demo the model is the scripted
+    one; with an endpoint it is the remote one, not the local default."""
+    if demo:
+        return dataclasses.replace(settings, model=DEMO_MODEL)
     if settings.endpoint is None:
         return settings
     return dataclasses.replace(settings, model=settings.endpoint_model or settings.endpoint)
@@ -24,7 +31,7 @@ def engine_for(settings: Settings, demo: bool = False) -> Engine:
         from chatglm_tui.engine.fake import FakeEngine
         from chatglm_tui.tui.demo import DEMO_REPLIES
 
-        return FakeEngine(DEMO_REPLIES, chunk_size=3, delay=0.02)
+        return FakeEngine(DEMO_REPLIES, chunk_size=3, delay=0.02, backend=DEMO_BACKEND)
     if settings.endpoint is not None:
         from chatglm_tui.engine.remote import RemoteEngine
 

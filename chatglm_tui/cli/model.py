@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from chatglm_tui.cli.output import echo
-from chatglm_tui.terminal.inert import inert_json
+from chatglm_tui.terminal.inert import inert_json, inert_line
+from chatglm_tui.terminal.wording import counted, human_size
 
 app = typer.Typer(help="Model checkpoints: download, inspect, locate.", no_args_is_help=True)
 _REF_HELP = "A checkpoint directory or Hub repo id (default: the configured model)."
@@ -37,7 +38,7 @@ def path(ref: Optional[str] = typer.Argument(None, help=_REF_HELP)) -> None:
     """Print the local directory of a model (without downloading)."""
     from chatglm_tui.model.hub import resolve_model
 
-    echo(str(resolve_model(_ref(ref))))
+    echo(str(resolve_model(_ref(ref), supported_only=False)))
 
 
 def _backend_plan(directory: object) -> dict[str, str]:
@@ -61,11 +62,32 @@ def info(ref: Optional[str] = typer.Argument(None, help=_REF_HELP),
     """Describe a local model: sizes, layout, quantization, files, and the backend it would run on here."""
     from chatglm_tui.model.hub import model_info, resolve_model
 
-    directory = resolve_model(_ref(ref))
+    directory = resolve_model(_ref(ref), supported_only=False)  # describe any checkpoint, and say if it runs
     details = model_info(directory)
-    details.update(_backend_plan(directory))
+    if details["supported"]:
+        details.update(_backend_plan(directory))
+    else:
+        details["backend"] = "none: only ChatGLM-6B checkpoints run here"
     if as_json:
-        echo(inert_json(details, indent=2))
+        echo(inert_json(details, indent=2))  # the exact data: sizes in bytes
         return
-    for key, value in details.items():
-        echo(f"{key}: {value}")
+    for line in describe(details):
+        echo(line)
+
+
+def describe(details: dict[str, Any]) -> list[str]:
+    """`model info` for people: `key: value` lines, sizes such as "3.9 GB", the config and the files indented.
+
+    Every value from the checkpoint (names, the directory, config values) is made one inert line.
+    """
+    family = inert_line(str(details["family"]))
+    if not details["supported"]:
+        family += " (not supported: chatglm-tui runs only ChatGLM-6B)"
+    weights = [(inert_line(weight["name"]), human_size(weight["size"])) for weight in details["weights"]]
+    lines = [f"directory: {inert_line(details['directory'])}", f"family: {family}", f"layout: {details['layout']}",
+             f"size: {human_size(details['total_size'])} in {counted(len(weights), 'weight file')}", "config:"]
+    lines += [f"  {key}: {inert_line(str(value))}" for key, value in details["config"].items() if value is not None]
+    width = max((len(name) for name, _ in weights), default=0)
+    lines += ["weights:"] + [f"  {name:<{width}}  {size:>9}" for name, size in weights]
+    lines += [f"{key}: {inert_line(str(details[key]))}" for key in ("backend", "numerics") if key in details]
+    return lines

@@ -21,6 +21,7 @@ else:  # pragma: no cover - Python 3.10 has no tomllib; tomli is the same parser
     import tomli as tomllib
 
 from chatglm_tui import paths
+from chatglm_tui.config.keymap import binding_conflicts, unknown_binding_ids
 from chatglm_tui.errors import ChatGLMError
 from chatglm_tui.model import params as generation
 from chatglm_tui.model.load_options import DEVICE_RULE, DTYPES, QUANTIZATIONS, is_device_name
@@ -34,6 +35,13 @@ ENV_PREFIX = "CHATGLM_"
 
 class ConfigError(ChatGLMError):
     """The config file, a `CHATGLM_*` variable or an option holds a value that is not allowed."""
+
+
+class OverrideError(ConfigError):
+    """A value given directly (a command-line option such as `--temperature -1`, the chat's settings form) is not
+    allowed. On the command line that is a usage error, exit 2, unlike a bad config file or variable (exit 1)."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -133,7 +141,10 @@ def load_settings(
 
 
 def apply_overrides(settings: Settings, **changes: object) -> Settings:
-    """`settings` with the given fields replaced (None values are ignored), each validated again."""
+    """`settings` with the given fields replaced (None values are ignored), each validated again.
+
+    A value that is not allowed raises `OverrideError` (a ConfigError whose exit code is 2, a usage error).
+    """
     unknown = sorted(set(changes) - set(FIELDS))
     if unknown:
         # A caller bug, not a user error: the CLI passes field names it owns.
@@ -142,7 +153,10 @@ def apply_overrides(settings: Settings, **changes: object) -> Settings:
     for name, value in changes.items():
         if value is None:
             continue
-        valid[name] = _convert_keymap(value, "") if name == "keymap" else _convert(name, value, where="")
+        try:
+            valid[name] = _convert_keymap(value, "") if name == "keymap" else _convert(name, value, where="")
+        except ConfigError as exc:
+            raise OverrideError(str(exc)) from None
     return dataclasses.replace(settings, **valid)  # type: ignore[arg-type]
 
 
@@ -162,9 +176,18 @@ def format_settings(settings: Settings, sources: Mapping[str, str]) -> str:
     width = max(len(text) for text, _ in rows)
     lines = [f"{text.ljust(width)}   # {source}" for text, source in rows]
     # The table goes last: in TOML every key after a [table] header belongs to that table.
-    lines += ["", f"[keymap]   # {sources.get('keymap', DEFAULT_SOURCE)}"]
-    lines += [f"{toml_str(key)} = {toml_str(value)}" for key, value in sorted(settings.keymap.items())]
+    lines += ["", f"[keymap]   # {sources.get('keymap', DEFAULT_SOURCE)}", *_keymap_lines(settings.keymap)]
     return "\n".join(lines) + "\n"
+
+
+def _keymap_lines(keymap: Mapping[str, str]) -> list[str]:
+    """The [keymap] entries, an unknown binding id and each key given to two bindings flagged in TOML comments."""
+    unknown = set(unknown_binding_ids(keymap))
+    lines = [f"{toml_str(key)} = {toml_str(value)}" + ("   # unknown binding id: ignored (F1 in the app lists them)"
+                                                       if key in unknown else "")
+             for key, value in sorted(keymap.items())]
+    # A key is the user's text: escaped as in a TOML string, so no control character can end the comment.
+    return lines + [f"# conflict: {toml_str(conflict.describe())[1:-1]}" for conflict in binding_conflicts(keymap)]
 
 
 def _read_file(path: Path) -> dict[str, object]:

@@ -3,7 +3,8 @@ engine writes. Torch-free.
 
 ChatGLM-6B has no system role: a leading system message is the instruction, which the prompt builder prefixes
 to the first query the model reads (as the chat app does). Then user and assistant messages alternate, as the
-model's `[Round i]` template pairs them, and the last one is the new question.
+model's `[Round i]` template pairs them, and the last user message is the new question. A final assistant message
+after it is the start of the reply, to be continued (a reply cut off at its limit).
 """
 
 from __future__ import annotations
@@ -29,14 +30,18 @@ class Conversation:
     instruction: str | None
     history: tuple[Round, ...]
     query: str
+    reply_prefix: str = ""
 
 
-def to_messages(instruction: str | None, history: Sequence[Round], query: str) -> list[dict[str, str]]:
-    """The OpenAI `messages` for a question after `history`, with the instruction as a system message."""
+def to_messages(instruction: str | None, history: Sequence[Round], query: str,
+                reply_prefix: str = "") -> list[dict[str, str]]:
+    """The OpenAI `messages` for a question after `history`, with the instruction as a system message (and the
+    start of the reply, to continue, as a final assistant message)."""
     messages = [{"role": "system", "content": instruction}] if instruction else []
     for question, reply in history:
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
-    return messages + [{"role": "user", "content": query}]
+    messages.append({"role": "user", "content": query})
+    return messages + ([{"role": "assistant", "content": reply_prefix}] if reply_prefix else [])
 
 
 def from_messages(messages: object) -> Conversation:
@@ -48,12 +53,14 @@ def from_messages(messages: object) -> Conversation:
     dialogue = [(role, text) for role, text in entries if role != "system"]
     if [role for role, _ in entries[:len(system)]] != ["system"] * len(system):
         raise MessagesError("system messages must come first: ChatGLM-6B reads them as one instruction")
+    prefix = dialogue.pop()[1] if len(dialogue) > 1 and dialogue[-1][0] == "assistant" else ""  # to continue
     expected = ["user", "assistant"] * (len(dialogue) // 2) + ["user"]
     if [role for role, _ in dialogue] != expected[:len(dialogue)] or len(dialogue) % 2 == 0:
         raise MessagesError("after the system messages, 'user' and 'assistant' messages must alternate, starting "
-                            "and ending with 'user' (ChatGLM-6B answers the last user message)")
+                            "with 'user' and ending with the 'user' message to answer (or with the start of its "
+                            "answer, to continue)")
     history = tuple((dialogue[i][1], dialogue[i + 1][1]) for i in range(0, len(dialogue) - 1, 2))
-    return Conversation("\n\n".join(system) or None, history, dialogue[-1][1])
+    return Conversation("\n\n".join(system) or None, history, dialogue[-1][1], prefix)
 
 
 def _entry(index: int, message: object) -> tuple[str, str]:

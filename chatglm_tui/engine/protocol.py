@@ -36,6 +36,9 @@ class ChatRequest:
     instruction: str | None = None
     params: GenerationParams = DEFAULT_PARAMS
     id: str = field(default_factory=new_request_id)
+    # Continue this reply (one cut off at its limit): the model reads it as the start of its answer, and the reply
+    # sent back (deltas, the final text) begins with it.
+    reply_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,16 @@ def load_text(progress: LoadProgress) -> str:
     return f"{word} {progress.done}/{progress.total}" if progress.total > 1 else word
 
 
+def chunk_text(progress: ChunkProgress) -> str:
+    """A summary's progress in words, as the chat app and `ask` show it: 'part 2 of 5 · about 40 s left'."""
+    text = f"part {min(progress.done + 1, progress.total)} of {progress.total}"
+    if progress.eta_s is None:
+        return text
+    seconds = round(progress.eta_s)
+    left = f"{seconds} s" if seconds < 90 else f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{text} · about {left} left"
+
+
 @dataclass(frozen=True)
 class LoadFailed:
     message: str
@@ -95,11 +108,13 @@ class PrefillProgress:
 
 @dataclass(frozen=True)
 class ChunkProgress:
-    """Long-document summarization: part `done` of `total` model calls finished."""
+    """Long-document summarization: part `done` of `total` model calls finished (0 when the first begins), and
+    the time the rest should take at the pace so far (None before a part has finished)."""
 
     request_id: str
     done: int
     total: int
+    eta_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -197,9 +197,9 @@ class RemoteEngine:
     def _chat(self, request: ChatRequest, on_event: EventCallback) -> None:
         budget = self.budget(request.history, request.query, request.instruction, request.params.reply_reserve)
         kept = request.history[len(budget.dropped_rounds):]  # the server would drop them too: the same policy
-        messages = to_messages(request.instruction, kept, request.query)
+        messages = to_messages(request.instruction, kept, request.query, request.reply_prefix)
         text, reason, stats = self._stream(request.id, messages, request.params, on_event, budget.dropped_rounds,
-                                           budget.used)
+                                           budget.used, request.reply_prefix)
         on_event(GenerationFinished(request.id, reason, text, stats))
 
     def _summarize(self, request: SummarizeRequest, on_event: EventCallback) -> None:
@@ -218,14 +218,14 @@ class RemoteEngine:
         return request_id in self._cancelled or self._closing.is_set()
 
     def _stream(self, request_id: str, messages: list[dict[str, str]], params: GenerationParams,
-                on_event: EventCallback, dropped: tuple[int, ...],
-                prompt_tokens: int = 0) -> tuple[str, FinishReason, GenerationStats]:
+                on_event: EventCallback, dropped: tuple[int, ...], prompt_tokens: int = 0,
+                reply_prefix: str = "") -> tuple[str, FinishReason, GenerationStats]:
         """One streamed completion: GenerationStarted, TextDeltas, and (text, reason, stats) at the end.
 
         `chatglm serve` opens the stream with the prompt's exact size and any rounds it left out; from another
         server GenerationStarted carries `prompt_tokens` (the budget's count) when the first text arrives.
         """
-        reply = _Reply(request_id, on_event, dropped, prompt_tokens)
+        reply = _Reply(request_id, on_event, dropped, prompt_tokens, reply_prefix)
         try:
             with self.client.stream("POST", f"{self.base}/chat/completions",
                                     json=_body(self.model or "", messages, params)) as response:
@@ -244,9 +244,11 @@ class RemoteEngine:
 class _Reply:
     """A streamed completion as it arrives: its text, its token counts and timings, and the events it sends."""
 
-    def __init__(self, request_id: str, on_event: EventCallback, dropped: tuple[int, ...], prompt_tokens: int) -> None:
+    def __init__(self, request_id: str, on_event: EventCallback, dropped: tuple[int, ...], prompt_tokens: int,
+                 reply_prefix: str = "") -> None:
         self.request_id, self.on_event, self.dropped = request_id, on_event, dropped
         self.prompt_tokens, self.new_tokens = prompt_tokens, 0
+        self.prefix = reply_prefix  # a continued reply begins with it, as the in-process engine's does
         self.text, self.reason = "", "stopped"
         self.start, self.first_at = time.perf_counter(), None
         self.started = False
@@ -274,6 +276,9 @@ class _Reply:
         if not self.started:
             self.started = True
             self.on_event(GenerationStarted(self.request_id, self.prompt_tokens, self.dropped + dropped_there))
+            if self.prefix:
+                self.text = self.prefix
+                self.on_event(TextDelta(self.request_id, self.prefix))
 
     def result(self) -> tuple[str, FinishReason, GenerationStats]:
         if self.reason != "stopped":

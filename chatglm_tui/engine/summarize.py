@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from chatglm_tui.engine.protocol import (
     ChunkProgress,
@@ -22,7 +23,9 @@ from chatglm_tui.engine.protocol import (
     SummarizeRequest,
 )
 from chatglm_tui.errors import ContextOverflowError
-from chatglm_tui.model.tokenizer import ChatGLMTokenizer
+
+if TYPE_CHECKING:  # only used, never built here: the chat app reads this module without the tokenizer
+    from chatglm_tui.model.tokenizer import ChatGLMTokenizer
 
 PARTIAL_SUMMARY_TOKENS = 256  # reply room for the summary of one chunk
 _CJK = re.compile(r"[\u4e00-\u9fff\u3400-\u4dbf]")
@@ -229,6 +232,8 @@ class Summarizer:
     def _call(self, prompt: str, reply_tokens: int, final: bool) -> str:
         if self.tokenizer.count(prompt, parse_special=False) + reply_tokens > self.window:
             raise ContextOverflowError("internal: a summarization prompt does not fit the window")
+        if self.calls_done == 0:  # "part 1 of N" from the start, not once the first part is done
+            self.on_progress(0, self.calls_planned)
         reply = self.generate(prompt, reply_tokens, final)
         self.calls_done += 1
         self.on_progress(self.calls_done, self.calls_planned)
@@ -294,9 +299,14 @@ def summarize_request(request: SummarizeRequest, tokenizer: ChatGLMTokenizer, wi
         if is_stopped():
             raise _SummaryStopped
 
-    summarizer = Summarizer(tokenizer, window, call,
-                            lambda done, total: on_event(ChunkProgress(request.id, done, total)),
-                            check_cancelled=check_cancelled)  # planning stops on cancel too
+    calls_began: list[float] = []  # when the first model call began: planning before it is not the pace
+
+    def progress(done: int, total: int) -> None:
+        calls_began[:] = calls_began or [time.perf_counter()]
+        eta = (time.perf_counter() - calls_began[0]) / done * (total - done) if done else None
+        on_event(ChunkProgress(request.id, done, total, eta))
+
+    summarizer = Summarizer(tokenizer, window, call, progress, check_cancelled=check_cancelled)  # cancellable plan
     try:
         summarizer.run(request.document, request.question, request.params.reply_reserve)
     except _SummaryStopped:
@@ -310,3 +320,13 @@ def summarize_request(request: SummarizeRequest, tokenizer: ChatGLMTokenizer, wi
         stats = GenerationStats(0, 0, 0.0, 0.0, total)
     reason = final.get("reason", "stopped")
     on_event(GenerationFinished(request.id, reason, str(final.get("text", "")), stats))  # type: ignore[arg-type]
+
+
+def history_stand_in(document: str, question: str | None) -> str:
+    """What the model's history keeps of a summarized document, so that follow-ups see the summary (the reply)
+    with what was asked: the question or the request to summarize, and the document's size and opening words."""
+    opening = " ".join(document.split())[:160]
+    if language_of(document) == "zh":
+        return f"{question or '请概括这篇文档的要点。'}\n\n（文档共 {len(document):,} 字，开头是：{opening}……）"
+    return (f"{question or 'Summarize the key points of this document.'}\n\n"
+            f"(The document has {len(document):,} characters and begins: {opening}...)")

@@ -39,6 +39,7 @@ from chatglm_tui.errors import ChatGLMError, ContextOverflowError, EngineNotRead
 from chatglm_tui.model import hub
 from chatglm_tui.model.params import DEFAULT_MAX_NEW_TOKENS
 from chatglm_tui.model.tokenizer import ChatGLMTokenizer
+from chatglm_tui.terminal.wording import counted
 
 if TYPE_CHECKING:  # the model (and torch) is imported on the worker thread only
     from chatglm_tui.config.settings import Settings
@@ -195,15 +196,17 @@ class InferenceWorker(threading.Thread):
     def _chat(self, request: ChatRequest, on_event: EventCallback) -> None:
         params = request.params
         reserve = params.reply_reserve  # with no limit the reply may run on, past what is reserved
-        budget = self.budget(request.history, request.query, request.instruction, reserve)
+        tokenizer = self._model.tokenizer
+        prefix = tokenizer.encode_text(request.reply_prefix, parse_special=False) if request.reply_prefix else []
+        budget = self.budget(request.history, request.query, request.instruction, reserve + len(prefix))
         if not budget.fits:
             raise ContextOverflowError(
-                f"the message is {budget.query_tokens + budget.instruction_tokens} tokens; with room for a "
-                f"{reserve}-token reply it does not fit the {budget.window}-token window: "
+                f"the message is {counted(budget.query_tokens + budget.instruction_tokens, 'token')}; with room "
+                f"for a {reserve}-token reply it does not fit the {budget.window}-token window: "
                 "shorten it, or ask for a shorter reply")
-        ids = list(budget.prompt_ids)
+        ids = list(budget.prompt_ids) + prefix  # a continued reply's start comes after <sop>, as if generated
         on_event(GenerationStarted(request.id, len(ids), budget.dropped_rounds))
-        text, reason, stats = self._generate(request.id, ids, params, on_event, stream=True)
+        text, reason, stats = self._generate(request.id, ids, params, on_event, stream=True, prefix_ids=prefix)
         on_event(GenerationFinished(request.id, reason, text, stats))
 
     def _summarize(self, request: SummarizeRequest, on_event: EventCallback) -> None:
@@ -218,12 +221,12 @@ class InferenceWorker(threading.Thread):
                           lambda: self._stop_requested(request.id))
 
     def _generate(self, request_id: str, ids: list[int], params: GenerationParams, on_event: EventCallback,
-                  stream: bool) -> tuple[str, FinishReason, GenerationStats]:
+                  stream: bool, prefix_ids: Sequence[int] = ()) -> tuple[str, FinishReason, GenerationStats]:
         """Run one generation; emit batched deltas if `stream`; return (text, reason, stats)."""
         reply = self._model.stream_reply(
             ids, params, should_stop=lambda: self._stop_requested(request_id),
             on_prefill=lambda done, total: on_event(PrefillProgress(request_id, done, total)),
-            every_tokens=self.flush_tokens, every_seconds=self.flush_seconds)
+            every_tokens=self.flush_tokens, every_seconds=self.flush_seconds, prefix_ids=prefix_ids)
         for chunk in reply:
             if stream:
                 on_event(TextDelta(request_id, chunk))

@@ -67,12 +67,17 @@ class ChatGLM:
 
     def stream_reply(self, prompt_ids: Sequence[int], params: GenerationParams, *,
                      should_stop: Callable[[], bool] | None = None, on_prefill: PrefillCallback | None = None,
-                     every_tokens: int = 1, every_seconds: float = 0.0) -> ReplyStream:
-        """The reply to `prompt_ids` as text chunks, stoppable and batched (see ReplyStream): what the engine reads."""
+                     every_tokens: int = 1, every_seconds: float = 0.0,
+                     prefix_ids: Sequence[int] = ()) -> ReplyStream:
+        """The reply to `prompt_ids` as text chunks, stoppable and batched (see ReplyStream): what the engine reads.
+
+        `prefix_ids` continues a reply: they end `prompt_ids` (after `<sop>`, where the model's own tokens go), and
+        the reply's text begins with theirs.
+        """
         return ReplyStream(lambda on_layer: self.generate_ids(prompt_ids, params, on_prefill_layer=on_layer),
                            self.response_decoder(),
                            should_stop=should_stop, on_prefill=on_prefill, every_tokens=every_tokens,
-                           every_seconds=every_seconds)
+                           every_seconds=every_seconds, prefix_ids=prefix_ids)
 
     def stream_chat(self, query: str, history: Sequence[Round] = (), *, instruction: str | None = None,
                     should_stop: Callable[[], bool] | None = None, **sampling: object) -> Iterator[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,15 @@ _OLD_VOCAB = 150528  # pre-2023-04-06 layout: 20000 image tokens in front of the
 # of that size is actually read.
 _MAX_SIZES = {"hidden_size": 32768, "num_layers": 256, "num_attention_heads": 1024, "inner_hidden_size": 131072,
               "vocab_size": 1 << 20, "max_sequence_length": 32768}
+SUPPORTED_FAMILY = "ChatGLM-6B"
+GLM4_FAMILY = "GLM-4"
+# Keys found only in the configs of the later GLMs: ChatGLM2-6B, ChatGLM3-6B and GLM-4 share one modeling code
+# (multi-query attention, RMSNorm, SwiGLU, another tokenizer), a different architecture from ChatGLM-6B's. All of
+# them still say model_type "chatglm" (and "ChatGLMModel", and auto_map to modeling_chatglm), so keys tell them apart.
+_LATER_GLM_KEYS = ("padded_vocab_size", "multi_query_attention", "multi_query_group_num", "kv_channels",
+                   "seq_length", "ffn_hidden_size", "rope_ratio", "rmsnorm", "add_qkv_bias")
+_GLM4_VOCAB = 151552  # ChatGLM2/3 have 65024
+_GLM4_MODEL_TYPES = ("glm", "glm4")  # transformers' own GLM-4 ports (THUDM/glm-4-9b-chat-hf, GLM-4-0414)
 # The special ids are fixed by the tokenizer (ice_text.model, whose ids ChatGLMTokenizer checks); a config that
 # moves them would fail every reply (no <sop> or [gMASK] found in the prompt), so they must be the released ones.
 _FIXED_IDS = ("bos_token_id", "eos_token_id", "mask_token_id", "gmask_token_id")
@@ -141,12 +151,7 @@ class ChatGLMConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config.json") -> ChatGLMConfig:
         """Build a config from a released config.json dict; unknown keys are kept in `extra`, not used."""
-        model_type = data.get("model_type", "chatglm")
-        if model_type != "chatglm":
-            raise CheckpointError(
-                f"{source}: model_type is {model_type!r}, not 'chatglm': this is not a ChatGLM-6B (v1) checkpoint "
-                "(ChatGLM2/3 and GLM-4 are different architectures)"
-            )
+        require_supported(data, source)
         missing = [k for k in _REQUIRED if data.get(k) is None]
         if missing:
             raise CheckpointError(f"{source}: missing required keys {', '.join(missing)}")
@@ -169,7 +174,60 @@ class ChatGLMConfig:
             raise CheckpointError(f"{path} is missing: a ChatGLM-6B checkpoint directory needs its config.json")
         if not isinstance(data, dict):
             raise CheckpointError(f"{path} does not hold a JSON object; re-download the checkpoint")
+        require_supported(data, str(path), path.parent)  # with the tokenizer's config beside it, to name GLM-4
         return cls.from_dict(data, source=str(path))
+
+
+def checkpoint_family(config: Mapping[str, Any], tokenizer_config: object = None) -> str | None:
+    """The GLM family a config.json describes: "ChatGLM-6B" (the one this project runs), "ChatGLM2-6B",
+    "ChatGLM3-6B" or "ChatGLM2-6B or ChatGLM3-6B" (their configs differ only in the name they were saved under),
+    "GLM-4"; None when it is no GLM at all. `tokenizer_config` (tokenizer_config.json) can name GLM-4's tokenizer."""
+    model_type = config.get("model_type", "chatglm")
+    if model_type in _GLM4_MODEL_TYPES:
+        return GLM4_FAMILY
+    if model_type != "chatglm":
+        return None
+    if not any(key in config for key in _LATER_GLM_KEYS):
+        return SUPPORTED_FAMILY
+    name = str(config.get("_name_or_path", "")).lower()
+    tokenizer = tokenizer_config.get("tokenizer_class") if isinstance(tokenizer_config, Mapping) else None
+    vocab = config.get("padded_vocab_size", config.get("vocab_size"))
+    if tokenizer == "ChatGLM4Tokenizer" or vocab == _GLM4_VOCAB or "glm-4" in name or "glm4" in name:
+        return GLM4_FAMILY
+    if "chatglm3" in name or "chatglm2" in name:
+        return "ChatGLM3-6B" if "chatglm3" in name else "ChatGLM2-6B"
+    return "ChatGLM2-6B or ChatGLM3-6B"
+
+
+def family_in(directory: Path, config: Mapping[str, Any]) -> str | None:
+    """`checkpoint_family` of a checkpoint directory whose config.json holds `config`; its tokenizer_config.json is
+    read only for a later GLM (to tell GLM-4 apart), and left out when it is missing or unreadable."""
+    family = checkpoint_family(config)
+    if family in (None, SUPPORTED_FAMILY, GLM4_FAMILY):
+        return family
+    try:
+        return checkpoint_family(config, read_checkpoint_json(directory / "tokenizer_config.json"))
+    except (FileNotFoundError, CheckpointError):
+        return family
+
+
+def require_supported(config: Mapping[str, Any], source: str, directory: Path | None = None) -> None:
+    """A one-line CheckpointError unless `config` is a ChatGLM-6B (v1) config: the other GLMs have other layers and
+    another tokenizer, and would fail later on a missing key or file that says nothing of why."""
+    family = checkpoint_family(config) if directory is None else family_in(directory, config)
+    if family is None:
+        raise CheckpointError(
+            f"{source}: model_type is {config.get('model_type')!r}, not 'chatglm': this is not a ChatGLM-6B (v1) "
+            "checkpoint; use THUDM/chatglm-6b or THUDM/chatglm-6b-int4"
+        )
+    if family != SUPPORTED_FAMILY:
+        raise CheckpointError(unsupported_family_message(family, source))
+
+
+def unsupported_family_message(family: str, source: str) -> str:
+    """The one line for a checkpoint of a GLM family other than ChatGLM-6B."""
+    return (f"{source}: this is a {family} checkpoint, which is not supported: chatglm-tui runs only ChatGLM-6B "
+            "(v1); use THUDM/chatglm-6b or THUDM/chatglm-6b-int4")
 
 
 PRESETS: dict[str, ChatGLMConfig] = {

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chatglm_tui.errors import CheckpointError
+from chatglm_tui.model.config import SUPPORTED_FAMILY, family_in, require_supported
 from chatglm_tui.paths import read_checkpoint_json  # refuses a named pipe or a device
 
 if TYPE_CHECKING:
@@ -48,18 +49,20 @@ class ModelNotFoundError(CheckpointError):
     """A model reference names no local directory, no cached repository, or one that cannot be downloaded."""
 
 
-def resolve_model(ref: str, *, download: bool = False, progress: DownloadProgress | None = None) -> Path:
+def resolve_model(ref: str, *, download: bool = False, progress: DownloadProgress | None = None,
+                  supported_only: bool = True) -> Path:
     """The checkpoint directory `ref` names: a local path, else the HF cache, else (if `download`) the Hub.
 
     With `progress`, a download reports its bytes there and draws nothing; without, huggingface_hub draws its
-    own bars on stderr.
+    own bars on stderr. With `supported_only` (for loading), a checkpoint whose config.json is of another GLM
+    family (ChatGLM2/3, GLM-4) is refused here in one line, before the loader reads a file such models lack;
+    `chatglm model info` and `path` turn it off to describe or locate any checkpoint.
     """
     local = _local_directory(ref)
+    if local is None:
+        local = _cached_snapshot(ref)
     if local is not None:
-        return local
-    cached = _cached_snapshot(ref)
-    if cached is not None:
-        return cached
+        return _supported(local) if supported_only else local
     if not download:
         raise ModelNotFoundError(
             f"the model {ref} is not downloaded yet: run `chatglm model pull {ref}` to download it, "
@@ -79,6 +82,20 @@ def pull_model(ref: str, *, progress: DownloadProgress | None = None) -> Path:
         if cached is not None:
             return cached
     return _download(ref, progress)
+
+
+def _supported(directory: Path) -> Path:
+    """`directory`, unless its config.json names a model this project cannot run (then a CheckpointError).
+
+    A missing or unreadable config.json is left to the loader, which says what is wrong with it.
+    """
+    try:
+        config = read_checkpoint_json(directory / "config.json")
+    except (FileNotFoundError, CheckpointError):
+        return directory
+    if isinstance(config, dict):
+        require_supported(config, str(directory / "config.json"), directory)
+    return directory
 
 
 def is_repo_id(ref: str) -> bool:
@@ -157,40 +174,58 @@ def show_download_progress(enabled: bool) -> None:
 
 
 def _download(ref: str, progress: DownloadProgress | None = None) -> Path:
-    """Download repo `ref` and return its snapshot; progress goes to `progress`, else huggingface_hub's bars."""
+    """Download repo `ref` and return its snapshot; progress goes to `progress`, else huggingface_hub's bars.
+
+    config.json comes first, alone: a repository of another model family is refused before gigabytes of its
+    weights are downloaded.
+    """
     if _offline_variable() is not None:
         raise ModelNotFoundError(_offline_message(ref))
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
+        config = Path(hf_hub_download(ref, "config.json", cache_dir=hub_cache_dir(),
+                                      tqdm_class=None if progress is None else _reporting_bar(ref, progress)))
+        _supported(config.parent)
         folder = Path(snapshot_download(ref, allow_patterns=list(ALLOW_PATTERNS), cache_dir=hub_cache_dir(),
                                         tqdm_class=None if progress is None else _reporting_bar(ref, progress)))
-    except GatedRepoError as exc:  # before RepositoryNotFoundError, its base class
-        raise ModelNotFoundError(
-            f"the Hugging Face repository {ref} is gated: accept its terms at https://huggingface.co/{ref}, "
-            f"log in with `hf auth login`, then run `chatglm model pull {ref}` again"
-        ) from exc
-    except RepositoryNotFoundError as exc:
-        raise ModelNotFoundError(
-            f"the Hugging Face repository {ref} does not exist or is private: check the name (for example "
-            f"{_EXAMPLE_REPO}), log in with `hf auth login` if it is private, or pass --model PATH"
-        ) from exc
-    except LocalEntryNotFoundError as exc:
-        # huggingface_hub raises this when the Hub cannot be reached (connection error, timeout, offline).
-        raise ModelNotFoundError(_offline_message(ref)) from exc
-    except HfHubHTTPError as exc:
-        raise ModelNotFoundError(_http_message(ref, exc)) from exc
-    except _connection_errors() as exc:
-        raise ModelNotFoundError(_offline_message(ref)) from exc
-    except OSError as exc:
-        raise ModelNotFoundError(
-            f"could not save {ref} in {hub_cache_dir()}: {exc.strerror or exc}; free some disk space or set "
-            "HF_HOME to a writable folder, then run `chatglm model pull` again"
-        ) from exc
+    except (HfHubHTTPError, LocalEntryNotFoundError, *_connection_errors(), OSError) as exc:
+        raise _download_error(ref, exc) from exc
     if not (folder / "config.json").is_file():
         raise ModelNotFoundError(f"the repository {ref} has no config.json: it is not a ChatGLM-6B checkpoint")
     return folder
+
+
+def _download_error(ref: str, exc: BaseException) -> ModelNotFoundError:
+    """The one line for a download that failed with `exc`."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    if isinstance(exc, GatedRepoError):  # before RepositoryNotFoundError, its base class
+        return ModelNotFoundError(
+            f"the Hugging Face repository {ref} is gated: accept its terms at https://huggingface.co/{ref}, "
+            f"log in with `hf auth login`, then run `chatglm model pull {ref}` again")
+    if isinstance(exc, RepositoryNotFoundError):
+        return ModelNotFoundError(
+            f"the Hugging Face repository {ref} does not exist or is private: check the name (for example "
+            f"{_EXAMPLE_REPO}), log in with `hf auth login` if it is private, or pass --model PATH")
+    if isinstance(exc, RemoteEntryNotFoundError):  # before HfHubHTTPError: a 404 for config.json
+        return ModelNotFoundError(f"the repository {ref} has no config.json: it is not a ChatGLM-6B checkpoint")
+    if isinstance(exc, HfHubHTTPError):
+        return ModelNotFoundError(_http_message(ref, exc))
+    # LocalEntryNotFoundError: huggingface_hub's word for a Hub it cannot reach (connection error, timeout).
+    if isinstance(exc, (LocalEntryNotFoundError, *_connection_errors())):
+        return ModelNotFoundError(_offline_message(ref))
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return ModelNotFoundError(
+        f"could not save {ref} in {hub_cache_dir()}: {reason}; free some disk space or set HF_HOME to a "
+        "writable folder, then run `chatglm model pull` again")
 
 
 class _DownloadReport:
@@ -303,11 +338,13 @@ def _http_message(ref: str, exc: Exception) -> str:
 
 
 def model_info(path: Path) -> dict[str, object]:
-    """A summary of a checkpoint directory for `chatglm model info`: config, weight files, sizes and layout."""
+    """A summary of a checkpoint directory for `chatglm model info`: its model family (and whether it runs here:
+    only ChatGLM-6B does), config, weight files, sizes (bytes) and layout."""
     directory = Path(path).expanduser()
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a checkpoint directory: pass the folder that holds config.json")
     config = _read_config(directory)
+    family = family_in(directory, config)
     weights, file_format = _weight_files(directory)
     sizes = [(file.name, file.stat().st_size) for file in weights]
     sharded = len(weights) > 1 or any(directory.glob("*.index.json"))
@@ -316,6 +353,8 @@ def model_info(path: Path) -> dict[str, object]:
     bit = config.get("quantization_bit")
     return {
         "directory": str(directory),
+        "family": family or f"not a GLM model (model_type {config.get('model_type')!r})",
+        "supported": family == SUPPORTED_FAMILY,
         "config": {**{key: config.get(key) for key in _CONFIG_SUMMARY}, "quantization_bit": bit or 0},
         "weights": [{"name": name, "size": size} for name, size in sizes],
         "total_size": sum(size for _, size in sizes),

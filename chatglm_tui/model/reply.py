@@ -4,7 +4,7 @@ batched by token count or time. `ChatGLM.stream_chat` and the engine's worker bo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from chatglm_tui.model.generate import TokenGenerator
 from chatglm_tui.model.modeling import LayerCallback
@@ -30,9 +30,10 @@ class ReplyStream:
 
     def __init__(self, generate: Callable[[LayerCallback], TokenGenerator], decoder: IncrementalDecoder, *,
                  should_stop: Callable[[], bool] | None = None, on_prefill: PrefillCallback | None = None,
-                 every_tokens: int = 1, every_seconds: float = 0.0) -> None:
+                 every_tokens: int = 1, every_seconds: float = 0.0, prefix_ids: Sequence[int] = ()) -> None:
         self.tokens = generate(self._prefill_layer)  # the prefill reports each layer here, where a stop can end it
         self.decoder = decoder
+        self.prefix_ids = list(prefix_ids)  # the start of the reply, already in the prompt (a continuation)
         self.should_stop = should_stop or (lambda: False)
         self.on_prefill = on_prefill
         self.every_tokens, self.every_seconds = every_tokens, every_seconds
@@ -55,7 +56,8 @@ class ReplyStream:
             self.on_prefill(prompt * done // total, prompt)
 
     def __iter__(self) -> Iterator[str]:
-        pending, pending_tokens, last_flush = "", 0, time.perf_counter()
+        pending = self.decoder.add(self.prefix_ids) if self.prefix_ids else ""
+        pending_tokens, last_flush = 0, time.perf_counter()
         self.finish_reason = "stopped"
         try:
             for token in self.tokens:

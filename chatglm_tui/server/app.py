@@ -76,6 +76,7 @@ class _Exchange:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.done = False
         self.ended = False  # the engine has sent the request's last event
+        self.skip = len(request.chat.reply_prefix)  # a continued reply: the client has its start already
 
     def submit(self) -> None:
         self.engine.submit(self.request.chat, lambda event: self.loop.call_soon_threadsafe(self.events.put_nowait,
@@ -85,6 +86,14 @@ class _Exchange:
         event = await self.events.get()
         self.ended = isinstance(event, (GenerationFinished, GenerationFailed))
         return event
+
+    def new_text(self, event: Event) -> str:
+        """The text an event adds for the client: a continued reply's deltas begin with the start it sent."""
+        if not isinstance(event, TextDelta):
+            return ""
+        skipped = min(self.skip, len(event.text))
+        self.skip -= skipped
+        return event.text[skipped:]
 
     def close(self) -> None:
         """The answer is over (or abandoned): stop the generation if it still runs, free the queue place."""
@@ -199,8 +208,7 @@ class CompletionsService:
         started, event = await self._first_event(exchange)
         scanner = StopScanner(exchange.request.stops)
         while not isinstance(event, (GenerationFinished, GenerationFailed)):
-            if isinstance(event, TextDelta):
-                scanner.feed(event.text)
+            scanner.feed(exchange.new_text(event))
             if scanner.stopped:
                 self.engine.cancel(exchange.request.chat.id)
             event = await exchange.next()
@@ -220,7 +228,7 @@ class CompletionsService:
             started, event = await self._first_event(exchange)
             yield first_chunk(request, started.prompt_tokens, started.dropped_rounds)
             while not isinstance(event, (GenerationFinished, GenerationFailed)):
-                text = scanner.feed(event.text) if isinstance(event, TextDelta) else ""
+                text = scanner.feed(exchange.new_text(event))
                 if text:
                     yield chunk(request, {"content": text})
                 if scanner.stopped:
@@ -242,7 +250,8 @@ class CompletionsService:
 
     async def _finished(self, chat: ChatRequest, finished: GenerationFinished, scanner: StopScanner) -> None:
         if self.options.on_finished is not None:
-            reply = GenerationFinished(finished.request_id, finished.reason, scanner.reply, finished.stats)
+            reply = GenerationFinished(finished.request_id, finished.reason, chat.reply_prefix + scanner.reply,
+                                       finished.stats)
             await run_in_threadpool(self.options.on_finished, chat, reply)
 
 

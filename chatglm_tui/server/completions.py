@@ -77,7 +77,7 @@ def read_completion(body: Mapping[str, object], served_model: str, defaults: Gen
         raise ApiError(400, str(exc), param="messages") from None
     params = _params(body, defaults)
     chat = ChatRequest(conversation.query, conversation.history, conversation.instruction, params,
-                       id=f"chatcmpl-{uuid.uuid4().hex[:24]}")
+                       id=f"chatcmpl-{uuid.uuid4().hex[:24]}", reply_prefix=conversation.reply_prefix)
     stream = _typed(body, "stream", bool, False)
     options = _typed(body, "stream_options", dict, {})
     return CompletionRequest(chat, served_model, stream, bool(options.get("include_usage")), _stops(body))

@@ -12,9 +12,18 @@ import dataclasses
 from dataclasses import dataclass
 
 from chatglm_tui.config.settings import Settings
-from chatglm_tui.engine.protocol import ChatRequest, GenerationFinished, GenerationParams, Round
+from chatglm_tui.engine.protocol import (
+    ChatRequest,
+    GenerationFinished,
+    GenerationParams,
+    Request,
+    Round,
+    SummarizeRequest,
+)
+from chatglm_tui.engine.summarize import history_stand_in
 from chatglm_tui.session.tree import MessageTree
 from chatglm_tui.store import Conversation, Message, SessionStore, rounds_of
+from chatglm_tui.store.rounds import HISTORY_TEXT
 from chatglm_tui.store.titles import title_from
 
 
@@ -29,7 +38,7 @@ def reply_stats(finished: GenerationFinished) -> dict[str, object]:
 class PendingReply:
     """A request on its way to the engine, and where its reply will hang in the tree."""
 
-    request: ChatRequest
+    request: Request  # a ChatRequest, or a SummarizeRequest for a document too long to read whole
     conversation_id: str
     parent_id: int  # the user message being answered
     previous_leaf: int | None = None  # for a regenerate: the reply shown before, shown again if this one fails
@@ -109,17 +118,21 @@ class ChatSession:
 
     # ---------------------------------------------------------------- sending and saving
 
-    def send(self, text: str, edit_of: int | None = None, *, title: str | None = None) -> tuple[Message, PendingReply]:
+    def send(self, text: str, edit_of: int | None = None, *, title: str | None = None,
+             history_text: str | None = None) -> tuple[Message, PendingReply]:
         """Save a user message (after the current branch, or as a new version of `edit_of`) and build its request.
 
-        A new conversation is created first, titled `title` or after `text`.
+        A new conversation is created first, titled `title` or after `text`. `history_text` is what later requests
+        give the model instead of `text` (a summarized document: what was asked of it; the reply is its summary).
         """
         parent = self.tree.by_id[edit_of].parent_id if edit_of is not None else self.leaf_id
         if self.conversation is None:
             self.conversation = self.store.create_conversation(
                 title or title_from(text), model=self.settings.model, params=self.draft_params.as_dict(),
                 instruction=self.draft_instruction)
-        message = self._save(self.store.add_message(self.conversation.id, "user", text, parent_id=parent))
+        stats = {HISTORY_TEXT: history_text} if history_text is not None else None
+        message = self._save(self.store.add_message(self.conversation.id, "user", text, parent_id=parent,
+                                                    stats=stats))
         return message, self._request_for(message)
 
     def regenerate(self) -> PendingReply | None:
@@ -130,6 +143,25 @@ class ChatSession:
             return None
         previous, self.leaf_id = self.leaf_id, question.id
         return dataclasses.replace(self._request_for(question), previous_leaf=previous)
+
+    def continue_reply(self) -> PendingReply | None:
+        """The branch's last reply, continued (it was cut off, or stopped): a new version that begins with it.
+        None when the branch does not end with a reply to a question."""
+        branch = self.branch
+        if len(branch) < 2 or branch[-1].role != "assistant" or branch[-2].role != "user":
+            return None
+        reply, question = branch[-1], branch[-2]
+        pending = self._request_for(question)
+        previous, self.leaf_id = self.leaf_id, question.id
+        request = dataclasses.replace(pending.request, reply_prefix=reply.text)
+        return dataclasses.replace(pending, request=request, previous_leaf=previous)
+
+    def send_document(self, text: str) -> tuple[Message, PendingReply]:
+        """Save a message too long for the window as a question and ask for its summary, in parts; later requests
+        give the model what was asked instead of the whole text (the reply is the summary)."""
+        message, pending = self.send(text, history_text=history_stand_in(text, None))
+        summary = SummarizeRequest(text, None, self.params)
+        return message, dataclasses.replace(pending, request=summary)
 
     def reply_failed(self, pending: PendingReply) -> bool:
         """After a failed reply: show again what a failed regenerate replaced; True if the branch changed."""

@@ -1,12 +1,17 @@
 """Conversations to Markdown and JSON, and JSON back again (validated): pure functions, no SQL.
 
 Markdown is for reading (`sessions show`, a file opened in a pager), so its text is inert: escape sequences and
-controls are shown, never passed on (`chatglm_tui.terminal.inert`). The JSON export keeps the exact text.
+controls are shown, never passed on (`chatglm_tui.terminal.inert`). Each message's text is fenced, so a pasted
+document's headings, rules or lists stay inside its message instead of becoming the export's own sections. The JSON
+export keeps the exact text.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,8 +33,19 @@ _MESSAGE_FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
+_BACKTICK_RUNS = re.compile("`+")
+
+
 def _when(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+
+def fenced(text: str) -> str:
+    """`text` in a fenced block that nothing inside it can close: its fence has more backticks than the text's
+    longest run (and at least three), as CommonMark requires of a closing fence. The text is shown as written."""
+    longest = max((len(run) for run in _BACKTICK_RUNS.findall(text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}" if text else f"{fence}\n{fence}"
 
 
 def render_markdown(conversation: Conversation, messages: list[Message]) -> str:
@@ -42,10 +58,14 @@ def render_markdown(conversation: Conversation, messages: list[Message]) -> str:
         params = ", ".join(f"{key}={value}" for key, value in sorted(conversation.params.items()))
         lines.append(f"- params: {inert_line(params)}")
     if conversation.instruction:
-        lines.append(f"- instruction: {inert(conversation.instruction)}")
+        instruction = inert(conversation.instruction)
+        if "\n" in instruction:  # more than one line would spill out of the list: a fence of its own
+            lines += ["- instruction:", "", fenced(instruction)]
+        else:
+            lines.append(f"- instruction: {instruction}")
     for message in messages:
         heading = "User" if message.role == "user" else "Assistant"
-        lines += ["", f"## {heading}{' (stopped)' if message.stopped else ''}", "", inert(message.text)]
+        lines += ["", f"## {heading}{' (stopped)' if message.stopped else ''}", "", fenced(inert(message.text))]
         if message.stopped:
             lines += ["", "*The reply was stopped before it finished.*"]
     return "\n".join(lines) + "\n"
@@ -76,7 +96,25 @@ def _checked(record: object, fields: dict[str, tuple[type, ...]], where: str) ->
         if name not in record or not isinstance(value, types) or is_bool_mismatch:
             expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise StoreError(f"cannot import: {where}.{name} must be {expected}")
+        problem = _unstorable(value)
+        if problem:
+            raise StoreError(f"cannot import: {where}.{name} {problem}")
     return {name: record[name] for name in fields}
+
+
+def _unstorable(value: object) -> str | None:
+    """Why SQLite cannot hold `value` as it is, or None. JSON allows integers of any size, Python's json reads NaN
+    and Infinity, and a "\\ud800" escape decodes to a lone surrogate, which is not text SQLite can store."""
+    if isinstance(value, (str, dict)):
+        try:
+            (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)).encode("utf-8")
+        except UnicodeEncodeError:
+            return "holds a lone surrogate (\\ud800-\\udfff): it is not valid Unicode text"
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    fits = -(1 << 63) <= value < (1 << 63) if isinstance(value, int) else math.isfinite(value)
+    return None if fits else f"= {str(value)[:40]} is out of range"
 
 
 def parse_export(data: object) -> tuple[dict[str, Any], list[dict[str, Any]]]:

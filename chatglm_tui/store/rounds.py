@@ -19,14 +19,24 @@ def rounds_of(branch: list[Message]) -> tuple[list[tuple[str, str]], list[tuple[
     for message in branch:
         if message.role == "user":
             if pending is not None:
-                rounds.append((pending.text, ""))
+                rounds.append((history_text(pending), ""))
                 sources.append((pending.id,))
             pending = message
         else:
-            rounds.append((pending.text if pending else "", message.text))
+            rounds.append((history_text(pending) if pending else "", message.text))
             sources.append((pending.id, message.id) if pending else (message.id,))
             pending = None
     if pending is not None:
-        rounds.append((pending.text, ""))
+        rounds.append((history_text(pending), ""))
         sources.append((pending.id,))
     return rounds, sources
+
+
+def history_text(message: Message) -> str:
+    """The text a message stands for in the model's history: its own, or the shorter stand-in saved with it (a
+    summarized document keeps its whole text in the store, and is given to the model as what was asked)."""
+    stand_in = message.stats.get(HISTORY_TEXT)
+    return stand_in if isinstance(stand_in, str) else message.text
+
+
+HISTORY_TEXT = "history_text"  # the key of a message's stats that holds its stand-in

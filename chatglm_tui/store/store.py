@@ -334,12 +334,19 @@ class SessionStore:
         return export.export_dict(self.get(conversation_id), self.all_messages(conversation_id))
 
     @_translated
-    def import_json(self, data: object) -> Conversation:
-        """Add a conversation from `export_json` output, atomically; keeps its id unless that id is taken."""
+    def import_json(self, data: object, *, fresh_id: bool = False) -> Conversation:
+        """Add a conversation from `export_json` output in one transaction: all of it, or nothing on any error.
+
+        Everything exported is kept (title, model, params, instruction, timestamps, and every message of every
+        branch with its parent link, stopped flag, token counts and stats) except the ids: message ids are
+        store-wide, so each gets a new one; the conversation keeps its id unless that id is taken or `fresh_id`
+        asks for a new one (`chatglm sessions import` does: an import is a new conversation, never mistaken for
+        the one it was exported from).
+        """
         fields, rows = export.parse_export(data)
         with transaction(self._conn):
             taken = self._conn.execute("SELECT 1 FROM conversations WHERE id = ?", (fields["id"],)).fetchone()
-            if taken or not is_conversation_id(fields["id"]):
+            if fresh_id or taken or not is_conversation_id(fields["id"]):
                 fields["id"] = self._unused_id()
             self._conn.execute(
                 "INSERT INTO conversations (id, title, created_at, updated_at, model, params, instruction) "

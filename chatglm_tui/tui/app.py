@@ -17,7 +17,8 @@ from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
 from chatglm_tui.config.editing import save_theme_choice
-from chatglm_tui.config.settings import Settings
+from chatglm_tui.config.keymap import binding_conflicts, unknown_binding_ids
+from chatglm_tui.config.settings import Settings, config_path
 from chatglm_tui.engine.protocol import Engine
 from chatglm_tui.errors import ChatGLMError
 from chatglm_tui.session.chat_session import ChatSession
@@ -25,7 +26,7 @@ from chatglm_tui.store import SessionStore
 from chatglm_tui.terminal.inert import inert, inert_line
 from chatglm_tui.terminal.signals import STOP_SIGNALS
 from chatglm_tui.tui.commands import OpenConversationProvider, chat_commands
-from chatglm_tui.tui.keys import APP_BINDINGS, binding_rows, unknown_binding_ids
+from chatglm_tui.tui.keys import APP_BINDINGS, binding_rows
 from chatglm_tui.tui.messages import post_engine_event
 from chatglm_tui.tui.screens.chat import ChatScreen
 from chatglm_tui.tui.screens.help import HelpScreen
@@ -91,11 +92,19 @@ class ChatApp(App[None]):
             self.settings = dataclasses.replace(self.settings, theme=name)
 
     def apply_keymap(self) -> None:
-        unknown = unknown_binding_ids(self.settings.keymap)
+        """Use the config's [keymap]; say which of its ids name no binding and which keys it gives to two."""
+        keymap = self.settings.keymap
+        unknown = unknown_binding_ids(keymap)
         if unknown:
             self.notify(f"Unknown binding id(s) in the [keymap] config: {', '.join(unknown)}. "
                         "Press F1 for the list.", severity="warning", timeout=10)
-        self.set_keymap(self.settings.keymap)
+        conflicts = binding_conflicts(keymap)
+        if conflicts:
+            # Textual would quietly run one of the two (the footer may even show the other): say it, once.
+            lines = [f"• {conflict.describe()}." for conflict in conflicts]
+            self.notify("\n".join([*lines, f"(config file: {config_path()}; F1 lists every key)"]),
+                        title="Key conflict in [keymap]", severity="warning", timeout=20)
+        self.set_keymap(keymap)
 
     # ---------------------------------------------------------------- help, palette, quit
 

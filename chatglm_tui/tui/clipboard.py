@@ -7,12 +7,15 @@ path the notification shows: copying never fails silently and never crashes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from chatglm_tui import paths
+from chatglm_tui.terminal.wording import counted
 
 # Tried in order; the first one installed (and with a display to talk to) gets the text.
 _TOOLS: tuple[tuple[str, ...], ...] = (
@@ -21,8 +24,25 @@ _TOOLS: tuple[tuple[str, ...], ...] = (
 )
 
 
+# Where the last-copy file goes instead of the data directory, while `copies_kept_in` says so (the demo).
+_copy_folder: Path | None = None
+
+
 def last_copy_path() -> Path:
-    return paths.data_dir() / "last-copy.txt"
+    """The file every copy is also written to: `last-copy.txt` in the data directory (or the demo's folder)."""
+    return (_copy_folder or paths.data_dir()) / "last-copy.txt"
+
+
+@contextlib.contextmanager
+def copies_kept_in(folder: Path) -> Iterator[None]:
+    """Write the last-copy file in `folder` for the duration: `chatglm --demo` keeps it in its throw-away folder,
+    so trying the app never replaces the user's own last-copy.txt (its scripted text is not theirs)."""
+    global _copy_folder
+    previous, _copy_folder = _copy_folder, folder
+    try:
+        yield
+    finally:
+        _copy_folder = previous
 
 
 def _tool() -> tuple[str, ...] | None:
@@ -63,7 +83,7 @@ def save_copy(text: str) -> Path | None:
 
 def describe_copy(what: str, text: str, tool: str | None, saved: Path | None) -> str:
     """The notification after a copy: what was copied, how, and where the fallback copy is."""
-    size = f"{len(text):,} character{'s' if len(text) != 1 else ''}"
+    size = counted(len(text), "character")
     route = f"clipboard (OSC 52 and {tool})" if tool else "clipboard (OSC 52)"
     message = f"Copied {what} ({size}) to the {route}."
     if saved is not None:

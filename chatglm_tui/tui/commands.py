@@ -19,6 +19,8 @@ CHAT_COMMANDS = (
     ("Stop reply", "Stop the reply being written (what it wrote is kept and saved)", "stop"),
     ("Regenerate reply", "Answer the last question again, as a new version", "regenerate"),
     ("Edit last question", "Edit your last question and send it as a new version", "edit_last"),
+    ("Continue reply", "Go on with the last reply (one cut off at the reply limit, or stopped)", "continue_reply"),
+    ("Attach a file", "Put a text file in the prompt (a long one is summarized in parts)", "attach_file"),
     ("Copy last reply", "Copy the last reply to the clipboard", "copy_reply"),
     ("Copy code block", "Copy a code block of the last reply", "copy_code"),
     ("Conversation settings", "Instruction, temperature, top-p, reply limit… for this chat", "conversation_settings"),

@@ -14,12 +14,18 @@ from pathlib import Path
 from textual.app import SuspendNotSupported
 
 from chatglm_tui.session.chat_session import ChatSession
+from chatglm_tui.session.documents import DocumentError, read_document_file
 from chatglm_tui.store import Conversation, StoreError
+from chatglm_tui.terminal.inert import inert
+from chatglm_tui.terminal.wording import human_size
 from chatglm_tui.tui.chat_host import ChatHost
 from chatglm_tui.tui.clipboard import copy_with_tool, describe_copy, save_copy
 from chatglm_tui.tui.code_blocks import code_blocks
 from chatglm_tui.tui.reply_flow import ReplyFlow
-from chatglm_tui.tui.screens.conversation_settings import Choice, ConversationSettingsScreen
+from chatglm_tui.tui.screens.conversation_settings import (
+    Choice,
+    ConversationSettingsScreen,
+)
 from chatglm_tui.tui.screens.modals import ConfirmScreen, PickScreen, TextPromptScreen
 
 _EDITORS = ("nano", "vim", "vi")
@@ -221,6 +227,28 @@ class ConversationActions:
 
             self.host.app.push_screen(PickScreen("Copy which code block?", [block.summary for block in blocks]),
                                       copy_picked)
+
+    # ---------------------------------------------------------------- a file into the prompt
+
+    def attach_file(self) -> None:
+        """Ask for a text file's path and put its text in the prompt at the cursor (a document too long for the
+        window is offered a summary in parts when it is sent)."""
+        self.host.app.push_screen(TextPromptScreen("Attach a text file", placeholder="path/to/report.txt",
+                                                   empty_message="Type the path of a text file."), self._attach)
+
+    def _attach(self, path: str | None) -> None:
+        if not path:
+            return
+        try:
+            text = read_document_file(Path(path))
+        except DocumentError as exc:
+            self.host.notify(str(exc), severity="error")
+            return
+        prompt = self.host.prompt
+        prompt.insert(inert(text))  # shown as it will be sent: control characters made visible, never obeyed
+        prompt.focus()
+        self.host.notify(f"{Path(path).name} is in the prompt ({human_size(len(text.encode()))}): add a question "
+                         "if you like, and send it. Text too long for the window is summarized in parts.")
 
     # ---------------------------------------------------------------- $EDITOR
 

@@ -152,9 +152,9 @@ async def scene_meter_near_full(pilot: Pilot[None]) -> None:
 
 
 async def scene_sessions(pilot: Pilot[None]) -> None:
-    """The saved conversations, newest first (ctrl+o, then Enter to move from the filter to the list)."""
+    """The saved conversations, newest first (ctrl+o, then ↓ to move from the filter into the list)."""
     await settle(pilot)
-    await pilot.press("ctrl+o", "enter", "down")
+    await pilot.press("ctrl+o", "down", "down")
     await pilot.pause(0.2)
 
 

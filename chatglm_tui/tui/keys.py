@@ -1,7 +1,8 @@
-"""Every key binding by id: the app's own, and the table the help screen and the keymap check are built from.
+"""Every key binding by id: the app's own, and the table the help screen is built from.
 
-Users remap keys in the config's `[keymap]` table by binding id (`"chat.newline" = "ctrl+o"`); Textual applies
-it through `App.set_keymap`.
+The default keys, and which ids may share a key, are data in `config.keymap` (no Textual there, so `chatglm config
+show` checks a keymap too). Users remap keys in the config's `[keymap]` table by binding id
+(`"chat.copy_code" = "f6"`); Textual applies it through `App.set_keymap`.
 """
 
 from __future__ import annotations
@@ -10,16 +11,19 @@ from collections.abc import Callable, Mapping
 
 from textual.binding import Binding
 
+from chatglm_tui.config.keymap import default_keys
 from chatglm_tui.tui.screens.chat import ChatScreen
 from chatglm_tui.tui.screens.conversation_settings import ConversationSettingsScreen
 from chatglm_tui.tui.screens.help import HelpScreen
 from chatglm_tui.tui.screens.modals import ConfirmScreen
 from chatglm_tui.tui.widgets.message_view import MessageView
 from chatglm_tui.tui.widgets.prompt_input import PromptInput
+from chatglm_tui.tui.widgets.sidebar import Sidebar
 
 APP_BINDINGS: list[Binding | tuple[str, str] | tuple[str, str, str]] = [
-    Binding("f1", "help", "Help", id="app.help", tooltip="Keys and what the context meter means"),
-    Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True, tooltip="Quit (a reply being written is saved)"),
+    Binding(default_keys("app.help"), "help", "Help", id="app.help", tooltip="Keys and what the context meter means"),
+    Binding(default_keys("app.quit"), "quit", "Quit", id="app.quit", priority=True,
+            tooltip="Quit (a reply being written is saved)"),
 ]
 
 
@@ -39,14 +43,9 @@ GROUPS: tuple[tuple[str, list[Binding]], ...] = (
     ("chat", [b for b in ChatScreen.BINDINGS if isinstance(b, Binding)]),
     ("prompt", [b for b in PromptInput.BINDINGS if isinstance(b, Binding)]),
     ("a focused message", [b for b in MessageView.BINDINGS if isinstance(b, Binding)]),
+    ("the conversation filter", [b for b in Sidebar.BINDINGS if isinstance(b, Binding)]),
     ("dialogs", _dialog_bindings()),
 )
-KNOWN_IDS = frozenset(binding.id for _, bindings in GROUPS for binding in bindings if binding.id)
-
-
-def unknown_binding_ids(keymap: Mapping[str, str]) -> list[str]:
-    """The keymap's ids that name no binding (typos), sorted."""
-    return sorted(set(keymap) - KNOWN_IDS)
 
 
 def binding_rows(keymap: Mapping[str, str], key_display: Callable[[Binding], str]) -> list[tuple[str, str, str]]:

@@ -17,9 +17,11 @@ from chatglm_tui.engine.protocol import (
     GenerationStats,
     PrefillProgress,
     TextDelta,
+    chunk_text,
 )
 from chatglm_tui.session.chat_session import ChatSession, PendingReply
 from chatglm_tui.store import StoreError
+from chatglm_tui.terminal.wording import counted
 from chatglm_tui.tui.chat_host import ChatHost
 from chatglm_tui.tui.question_edit import QuestionEdit
 from chatglm_tui.tui.widgets.message_view import MessageView, Versions
@@ -35,6 +37,7 @@ class ReplyFlow:
         self.reply_view: MessageView | None = None  # None while the pending reply's chat is not on screen
         self.streamed = ""  # the pending reply's text so far, kept here too: its view may be gone
         self.started = False  # the engine has begun the pending request (else it waits in a queue)
+        self.summary_part = ""  # for a long document: "summarizing part 2 of 5 · about 40 s left"
 
     @property
     def session(self) -> ChatSession:
@@ -55,11 +58,15 @@ class ReplyFlow:
 
     # ---------------------------------------------------------------- starting a reply
 
-    async def send(self, text: str) -> None:
-        """Save the question (a new version of the one being edited, if any) and start its reply."""
+    async def send(self, text: str, *, as_document: bool = False) -> None:
+        """Save the question (a new version of the one being edited, if any) and start its reply; `as_document`:
+        the text is too long for the window, so its summary is asked for, in parts (as `chatglm ask` does)."""
         edit_of = self.question_edit.editing
         try:
-            message, pending = self.session.send(text, edit_of=edit_of)
+            if as_document:
+                message, pending = self.session.send_document(text)
+            else:
+                message, pending = self.session.send(text, edit_of=edit_of)
         except StoreError as exc:  # the prompt keeps the text
             self.host.store_problem(exc)
             return
@@ -85,8 +92,19 @@ class ReplyFlow:
         await self.host.show_branch()
         await self.start(pending)
 
+    async def continue_reply(self) -> None:
+        """Continue the last reply (cut off at the reply limit, or stopped) as a new version that begins with it."""
+        if not self.can_generate():
+            return
+        pending = self.session.continue_reply()
+        if pending is None:
+            self.host.notify("There is no reply to continue yet.", severity="warning")
+            return
+        await self.host.show_branch()
+        await self.start(pending)
+
     async def start(self, pending: PendingReply) -> None:
-        self.pending, self.streamed, self.started = pending, "", False
+        self.pending, self.streamed, self.started, self.summary_part = pending, "", False, ""
         self.reply_view = await self.host.conversation.add(MessageView(None))
         self.reply_view.note = "waiting for the model to load…" if self.host.load_state == "loading" else ""
         self.reply_view.refresh_header()
@@ -110,7 +128,12 @@ class ReplyFlow:
 
     def handle_prompt_read(self, event: PrefillProgress | ChunkProgress) -> None:
         if self.is_pending(event.request_id) and self.reply_view is not None:
-            self.reply_view.note = f"reading the prompt {event.done}/{event.total}"
+            if isinstance(event, ChunkProgress):  # a long document: which part, and the time left (Esc stops)
+                self.summary_part = f"summarizing {chunk_text(event)}"
+                self.reply_view.note = self.summary_part
+            else:
+                prefix = f"{self.summary_part} · " if self.summary_part else ""
+                self.reply_view.note = f"{prefix}reading the prompt {event.done}/{event.total}"
             self.reply_view.refresh_header()
 
     async def handle_delta(self, event: TextDelta) -> None:
@@ -139,7 +162,7 @@ class ReplyFlow:
             self.host.refresh_bindings()
             return
         rate = f" · {event.stats.tokens_per_s:.1f} tok/s" if event.stats.tokens_per_s else ""
-        self.host.show_reply_speed(f"last reply {event.stats.new_tokens} tokens{rate}")
+        self.host.show_reply_speed(f"last reply {counted(event.stats.new_tokens, 'token')}{rate}")
         if view is not None and view.is_attached:
             view.versions = Versions(*self.session.versions(saved))
             await view.finish(saved)

@@ -41,14 +41,21 @@ def exit_code(pid: int, timeout: float = 20.0) -> int:
 def test_demo_opens_answers_and_quits(tmp_path):
     pid, terminal = run_in_pty(["--demo"], tmp_path)
     terminal.wait_for(lambda out: "● ready" in out, 0, timeout=60)
+    # The status bar says it is the demo, never that the configured model is ready.
+    terminal.wait_for(lambda out: "demo (scripted replies)" in out and "no model loaded" in out, 0, timeout=10)
     since = terminal.mark()
     terminal.press(*"hello", "enter")
     terminal.wait_for(lambda out: "demo" in out and "mode" in out, since, timeout=30)
     time.sleep(1.0)  # let the scripted reply finish
+    since = terminal.mark()
+    terminal.press("\x19")  # ctrl+y: copy the last reply
+    terminal.wait_for(lambda out: "Copied" in out, since, timeout=10)
     terminal.press("ctrl+q")
     assert exit_code(pid) == 0
-    # Demo mode keeps the user's own store untouched (it uses a throw-away one).
+    assert "chatglm-6b-int4" not in terminal.output
+    # Demo mode keeps the user's own files untouched: a throw-away store, and copies saved beside it.
     assert not (tmp_path / "data" / "sessions.sqlite3").exists()
+    assert not (tmp_path / "data" / "last-copy.txt").exists()
 
 
 def test_a_model_that_cannot_load_shows_what_to_do_and_quit_exits_1(tmp_path):

@@ -131,3 +131,24 @@ def test_usage_errors_exit_2(home):
     result = subprocess.run([sys.executable, "-m", "chatglm_tui", "ask", "--temperature", "hot"],
                             capture_output=True, text=True, env={**os.environ})
     assert result.returncode == 2
+
+
+@pytest.mark.parametrize("option", [["--temperature", "-1"], ["--top-p", "2"], ["--max-new-tokens", "0"],
+                                    ["--model", " "]])
+def test_a_bad_option_value_is_a_usage_error(home, option):
+    result = subprocess.run([sys.executable, "-m", "chatglm_tui", "ask", *option, "hello"], capture_output=True,
+                            text=True, env={**os.environ}, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and result.stderr.startswith("chatglm: invalid ")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_bad_value_in_the_environment_or_the_config_file_stays_exit_1(home):
+    env = {**os.environ, "CHATGLM_TEMPERATURE": "-1"}
+    from_env = subprocess.run([sys.executable, "-m", "chatglm_tui", "ask", "hello"], capture_output=True, text=True,
+                              env=env, stdin=subprocess.DEVNULL)
+    assert from_env.returncode == 1 and "in environment variable CHATGLM_TEMPERATURE" in from_env.stderr
+    (home / "config").mkdir(parents=True)
+    (home / "config" / "config.toml").write_text("temperature = -1\n")
+    from_file = subprocess.run([sys.executable, "-m", "chatglm_tui", "ask", "--top-p", "0.5", "hello"],
+                               capture_output=True, text=True, env={**os.environ}, stdin=subprocess.DEVNULL)
+    assert from_file.returncode == 1 and "config.toml" in from_file.stderr and from_file.stderr.count("\n") == 1

@@ -17,6 +17,12 @@ def test_a_request_survives_the_round_trip():
     assert from_messages(to_messages(None, (), "q")) == Conversation(None, (), "q")
 
 
+def test_a_final_assistant_message_is_the_reply_to_continue():
+    messages = to_messages(None, (("q1", "a1"),), "q2", reply_prefix="the start of")
+    assert messages[-1] == {"role": "assistant", "content": "the start of"}
+    assert from_messages(messages) == Conversation(None, (("q1", "a1"),), "q2", "the start of")
+
+
 def test_system_messages_join_into_one_instruction_and_text_parts_join():
     messages = [{"role": "system", "content": "A."}, {"role": "system", "content": [{"type": "text", "text": "B."}]},
                 {"role": "user", "content": [{"type": "text", "text": "he"}, {"type": "text", "text": "llo"}]}]
@@ -28,7 +34,9 @@ def test_system_messages_join_into_one_instruction_and_text_parts_join():
     ([], "non-empty list"),
     (["hi"], "messages[0] must be an object"),
     ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "must alternate"),
-    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "must alternate"),
+    ([{"role": "assistant", "content": "b"}], "must alternate"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "assistant", "content": "c"}],
+     "must alternate"),
     ([{"role": "user", "content": "a"}, {"role": "system", "content": "s"}], "system messages must come first"),
     ([{"role": "function", "content": "a"}], "messages[0].role is 'function'"),
     ([{"role": "user", "content": "a", "tool_calls": []}], "unsupported field(s) 'tool_calls'"),

@@ -162,7 +162,9 @@ def test_a_long_document_is_summarized_chunk_by_chunk_within_the_window(worker, 
     assert isinstance(finished, GenerationFinished) and finished.reason != "stopped"
     assert len(calls) > 15 and all(prompt + reply <= 2048 for prompt, reply in calls)
     progress = [e for e in events.events if isinstance(e, ChunkProgress)]
-    assert [p.done for p in progress] == list(range(1, len(calls) + 1))
+    assert [p.done for p in progress] == list(range(0, len(calls) + 1))  # "part 1 of N" from the start
+    assert progress[0].eta_s is None and all(p.eta_s is not None and p.eta_s >= 0 for p in progress[1:])
+    assert progress[-1].eta_s == 0 and progress[0].total > 1
     assert finished.text == events.text()
 
 

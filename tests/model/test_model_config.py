@@ -101,3 +101,40 @@ def test_a_null_required_key_is_reported_missing(fixture_dir):
     config = json.loads((fixture_dir / "fp16" / "config.json").read_text())
     with pytest.raises(CheckpointError, match="missing required keys hidden_size"):
         ChatGLMConfig.from_dict({**config, "hidden_size": None})
+
+
+# The later GLMs say model_type "chatglm" too; their keys (and tokenizer config) tell them apart.
+_LATER = {"model_type": "chatglm", "architectures": ["ChatGLMModel"], "padded_vocab_size": 65024,
+          "multi_query_attention": True, "kv_channels": 128, "seq_length": 32768, "ffn_hidden_size": 13696,
+          "num_layers": 28, "hidden_size": 4096, "num_attention_heads": 32}
+
+
+@pytest.mark.parametrize(("config", "tokenizer_config", "family"), [
+    ({**_LATER, "_name_or_path": "THUDM/chatglm2-6b"}, None, "ChatGLM2-6B"),
+    ({**_LATER, "_name_or_path": "THUDM/chatglm3-6b-32k", "rope_ratio": 50}, None, "ChatGLM3-6B"),
+    (_LATER, None, "ChatGLM2-6B or ChatGLM3-6B"),
+    ({**_LATER, "padded_vocab_size": 151552, "rope_ratio": 500}, None, "GLM-4"),
+    (_LATER, {"tokenizer_class": "ChatGLM4Tokenizer"}, "GLM-4"),
+    ({"model_type": "glm", "vocab_size": 151552}, None, "GLM-4"),
+])
+def test_later_glm_checkpoints_are_named_and_refused_before_anything_is_built(tmp_path, tokenizer, config,
+                                                                               tokenizer_config, family):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    if tokenizer_config is not None:
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    with pytest.raises(CheckpointError) as error:
+        ChatGLMConfig.from_file(tmp_path / "config.json")
+    assert str(error.value) == (f"{tmp_path / 'config.json'}: this is a {family} checkpoint, which is not supported: "
+                                "chatglm-tui runs only ChatGLM-6B (v1); use THUDM/chatglm-6b or THUDM/chatglm-6b-int4")
+    with pytest.raises(CheckpointError, match=f"this is a {family} checkpoint"):  # not "missing required keys"
+        load_model(tmp_path, tokenizer=tokenizer)
+
+
+def test_the_family_is_read_from_config_json_alone_when_possible(fixture_dir, tokenizer_file):
+    from chatglm_tui.model.config import checkpoint_family, family_in
+
+    for path in (fixture_dir / "fp16" / "config.json", tokenizer_file.parent / "config.json"):
+        assert checkpoint_family(json.loads(path.read_text())) == "ChatGLM-6B"
+        assert family_in(path.parent, json.loads(path.read_text())) == "ChatGLM-6B"
+    assert checkpoint_family({"model_type": "llama"}) is None
+    assert checkpoint_family({"hidden_size": 64}) == "ChatGLM-6B"  # released v1 configs all name it; fixtures may not

@@ -16,6 +16,8 @@ import httpx
 import openai
 import pytest
 
+from chatglm_tui.model.params import GenerationParams
+
 REPLY_TOKENS = 24  # reference.json's greedy replies were made with this many tokens
 
 
@@ -241,3 +243,17 @@ def test_an_address_that_cannot_be_used_is_one_line_before_any_loading(tmp_path)
     bad = subprocess.run([sys.executable, "-m", "chatglm_tui", "serve", "--port", "70000"], capture_output=True,
                          text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "--port" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_final_assistant_message_is_continued(server, tiny_fp16):
+    cut = tiny_fp16.chat("你好", do_sample=False, max_new_tokens=6)
+    prefix_ids = tiny_fp16.tokenizer.encode_text(cut, parse_special=False)
+    generated = list(tiny_fp16.generate_ids(tiny_fp16.prompt_ids("你好") + prefix_ids,
+                                            GenerationParams(do_sample=False, max_new_tokens=8)))
+    decoder = tiny_fp16.response_decoder()
+    decoder.add(prefix_ids + generated)
+    decoder.flush()
+    reply = _client(server).chat.completions.create(
+        model="tiny-chatglm", temperature=0, max_tokens=8,
+        messages=[{"role": "user", "content": "你好"}, {"role": "assistant", "content": cut}])
+    assert cut + reply.choices[0].message.content == decoder.text  # only the new text comes back

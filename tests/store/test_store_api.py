@@ -199,8 +199,36 @@ def test_export_markdown_marks_stopped_replies(store):
     text = store.export_markdown(conversation.id)
     assert text.startswith("# Notes\n")
     assert "chatglm-6b" in text and "Be kind." in text and conversation.id in text
-    assert "## User\n\nWrite a poem" in text
-    assert "## Assistant (stopped)\n\nRoses are" in text and "stopped before it finished" in text
+    assert "## User\n\n```\nWrite a poem\n```" in text
+    assert "## Assistant (stopped)\n\n```\nRoses are\n```" in text and "stopped before it finished" in text
+
+
+def _headings(markdown: str) -> list[str]:
+    """The Markdown headings outside fenced blocks, as CommonMark reads them (backtick fences only)."""
+    headings, fence = [], ""
+    for line in markdown.splitlines():
+        run = len(line) - len(line.lstrip("`"))
+        if fence and run >= len(fence) and not line.strip("`"):
+            fence = ""
+        elif not fence and run >= 3:
+            fence = "`" * run
+        elif not fence and line.startswith("#"):
+            headings.append(line)
+    return headings
+
+
+def test_export_markdown_fences_message_text_so_it_cannot_add_sections(store):
+    document = "# Report\n\n## Findings\n\n```python\nprint('x')\n```\n\n````\n## still inside\n````\n`a` ``b``"
+    conversation = store.create_conversation("Paste", instruction="Line one\n## Not a section")
+    store.add_message(conversation.id, "user", document)
+    store.add_message(conversation.id, "assistant", "## Summary\n\x1b[31mred\x1b[0m")
+    store.add_message(conversation.id, "user", "")
+    text = store.export_markdown(conversation.id)
+    assert _headings(text) == ["# Paste", "## User", "## Assistant", "## User"]
+    assert "`````\n" + document + "\n`````" in text  # one backtick more than the longest run (4) inside
+    assert "```\n## Summary\n␛[31mred␛[0m\n```" in text and "\x1b" not in text  # inert inside the fence
+    assert "- instruction:\n\n```\nLine one\n## Not a section\n```" in text
+    assert text.endswith("## User\n\n```\n```\n")
 
 
 def _normalised(export: dict) -> dict:

@@ -199,3 +199,22 @@ def _wait_gone(pid: int, timeout: float = 15) -> None:
         time.sleep(0.1)
     os.kill(pid, 9)
     raise AssertionError("the app did not exit after its terminal closed")
+
+
+def test_alt_enter_under_tmux_is_a_new_line_and_a_quick_enter_still_sends(tmux, tmp_path):
+    # tmux sends alt+enter as ESC CR, which Textual alone reads as a bare Enter: the question would go.
+    terminal = tmux(_chatglm("--demo"), {"CHATGLM_HOME": str(tmp_path / "home")})
+    terminal.wait_for(lambda s: "● ready" in s and "Ask ChatGLM-6B anything" in s, "the demo to start")
+    terminal.keys(*"one")
+    terminal.keys("M-Enter")
+    terminal.keys(*"two")
+
+    def on_two_lines(screen: str) -> bool:  # the prompt's rows: "one" was not sent, "two" is on the next line
+        lines = screen.splitlines()
+        return any("▊ one" in line and "▊ two" in below for line, below in zip(lines, lines[1:]))
+
+    terminal.wait_for(on_two_lines, "one and two on two lines of the prompt", timeout=15)
+    terminal.keys("C-j", *"three", "Enter")  # in one burst: the Enter still comes after the text it sends
+    terminal.wait_for(lambda s: "You" in s and "Ask ChatGLM-6B anything" not in s, "the question to be sent")
+    terminal.keys("C-q")
+    assert terminal.wait_dead(timeout=10) == 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from chatglm_tui.config.keymap import KNOWN_IDS, unknown_binding_ids
 from chatglm_tui.engine.protocol import Budget, GenerationParams, LoadProgress, load_text
 from chatglm_tui.session.tree import MessageTree
 from chatglm_tui.store import Message, rounds_of
@@ -19,8 +20,8 @@ from chatglm_tui.tui import clipboard
 from chatglm_tui.tui.clipboard import describe_copy, last_copy_path, save_copy
 from chatglm_tui.tui.code_blocks import CodeBlock, code_blocks
 from chatglm_tui.tui.conversation_actions import export_path, find_editor
-from chatglm_tui.tui.keys import KNOWN_IDS, binding_rows, unknown_binding_ids
-from chatglm_tui.tui.widgets.budget_meter import bar_cells, describe_dropped
+from chatglm_tui.tui.keys import binding_rows
+from chatglm_tui.tui.widgets.budget_meter import PROMPT_END_TOKENS, bar_cells, describe_dropped, shown_parts
 from chatglm_tui.tui.widgets.sidebar import age
 
 
@@ -196,9 +197,8 @@ def test_bar_cells_fill_the_width_and_show_every_part(budget, cells):
     assert list(sized) == ["history", "instruction", "draft", "reserved", "free"]
     assert sum(sized.values()) == cells
     assert all(size >= 0 for size in sized.values())
-    shown_reserve = min(budget.reserved, max(budget.window - budget.used, 0))
-    for name, tokens in (("history", budget.history_tokens), ("instruction", budget.instruction_tokens),
-                         ("draft", budget.query_tokens), ("reserved", shown_reserve)):
+    shown = dict(shown_parts(budget)) | {"reserved": min(budget.reserved, max(budget.window - budget.used, 0))}
+    for name, tokens in shown.items():
         assert (sized[name] >= 1) == (tokens > 0), (name, sized)
 
 
@@ -208,13 +208,23 @@ def test_bar_cells_over_a_grid_of_budgets():
         budget = _budget(history, instruction, query, reserved)
         sized = dict(bar_cells(budget, 16))
         assert sum(sized.values()) == 16
-        for name, tokens in (("history", history), ("instruction", instruction), ("draft", query)):
-            assert (sized[name] >= 1) == (tokens > 0)
+        shown = dict(shown_parts(budget))
+        for name in ("history", "instruction", "draft"):
+            assert (sized[name] >= 1) == (shown[name] > 0)
 
 
 def test_bar_cells_are_proportional():
-    sized = dict(bar_cells(_budget(1024, 0, 0, 512), 16))
-    assert sized == {"history": 8, "instruction": 0, "draft": 0, "reserved": 4, "free": 4}
+    sized = dict(bar_cells(_budget(1026, 0, 0, 512), 16))  # 1,024 tokens of rounds and [gMASK] <sop>
+    assert sized == {"history": 8, "instruction": 0, "draft": 1, "reserved": 4, "free": 3}
+
+
+def test_the_prompts_closing_tokens_count_with_the_draft_not_the_history():
+    # A Budget counts [gMASK] <sop> in history_tokens; an empty chat must not show "history 2".
+    assert PROMPT_END_TOKENS == 2
+    assert shown_parts(_budget(2, 0, 0, 512)) == [("history", 0), ("instruction", 0), ("draft", 2), ("reserved", 512)]
+    assert shown_parts(_budget(40, 5, 7, 100)) == [("history", 38), ("instruction", 5), ("draft", 9),
+                                                   ("reserved", 100)]
+    assert sum(tokens for _, tokens in shown_parts(_budget(40, 5, 7, 100))[:3]) == _budget(40, 5, 7, 100).used
 
 
 def test_describe_dropped():

@@ -14,17 +14,16 @@ from functools import partial
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.timer import Timer
-from textual.widgets import Button, Footer, Input, Static
+from textual.widget import Widget
+from textual.widgets import Button, Footer, Static
 
 from chatglm_tui.engine.protocol import Engine
-from chatglm_tui.errors import ChatGLMError
 from chatglm_tui.session.chat_session import ChatSession, PendingReply
 from chatglm_tui.store import StoreError
 from chatglm_tui.terminal.inert import inert_line
+from chatglm_tui.tui.budget_count import BudgetCount
 from chatglm_tui.tui.conversation_actions import ConversationActions
 from chatglm_tui.tui.inert_display import inert_label
 from chatglm_tui.tui.messages import (
@@ -39,6 +38,8 @@ from chatglm_tui.tui.messages import (
 )
 from chatglm_tui.tui.question_edit import QuestionEdit
 from chatglm_tui.tui.reply_flow import ReplyFlow
+from chatglm_tui.tui.screens.chat_bindings import CHAT_BINDINGS
+from chatglm_tui.tui.screens.modals import ConfirmScreen
 from chatglm_tui.tui.widgets.budget_meter import BudgetMeter
 from chatglm_tui.tui.widgets.conversation import Conversation, Entry
 from chatglm_tui.tui.widgets.message_view import MessageView, Versions
@@ -46,7 +47,6 @@ from chatglm_tui.tui.widgets.prompt_input import PromptInput
 from chatglm_tui.tui.widgets.sidebar import Sidebar
 from chatglm_tui.tui.widgets.status_bar import StatusBar
 
-BUDGET_DELAY = 0.08  # seconds of typing pause before the meter recounts (exact counts cost ~1-6 ms)
 EDIT_BANNER = ("Editing a question: Enter sends it as a new version (the old one stays: ←/→ on it) · "
                "Esc cancels")
 
@@ -54,36 +54,11 @@ EDIT_BANNER = ("Editing a question: Enter sends it as a new version (the old one
 class ChatScreen(Screen[None]):
     """The main screen."""
 
-    BINDINGS = [
-        Binding("escape", "stop", "Stop", id="chat.stop", tooltip="Stop the reply (what was written is kept)"),
-        Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate", priority=True,
-                tooltip="Answer the last question again (the old reply stays as a version)"),
-        Binding("f5", "edit_last", "Edit last", id="chat.edit", show=False,
-                tooltip="Edit the last question and send it as a new version"),
-        Binding("ctrl+y", "copy_reply", "Copy reply", id="chat.copy_reply", priority=True,
-                tooltip="Copy the last reply"),
-        Binding("ctrl+b", "copy_code", "Copy code", id="chat.copy_code", priority=True, show=False,
-                tooltip="Copy a code block of the last reply"),
-        Binding("ctrl+g", "open_editor", "Editor", id="chat.editor", priority=True, show=False,
-                tooltip="Write the prompt in $EDITOR"),
-        Binding("ctrl+n", "new_chat", "New chat", id="chat.new", priority=True, tooltip="Start a new chat"),
-        Binding("ctrl+o", "find_chat", "Find chat", id="chat.find", priority=True, show=False,
-                tooltip="Filter the saved conversations"),
-        Binding("ctrl+s", "toggle_sidebar", "Sidebar", id="chat.sidebar", priority=True, show=False,
-                tooltip="Show or hide the conversations"),
-        Binding("f2", "rename", "Rename", id="chat.rename", show=False, tooltip="Rename this conversation"),
-        Binding("f3", "conversation_settings", "Settings", id="chat.settings",
-                tooltip="This chat's instruction and sampling settings"),
-        Binding("f4", "export", "Export", id="chat.export", show=False,
-                tooltip="Export this conversation to Markdown"),
-        Binding("f8", "delete", "Delete", id="chat.delete", show=False, tooltip="Delete this conversation"),
-        Binding("pageup", "scroll_transcript(-1)", "Scroll up", id="chat.page_up", priority=True, show=False,
-                tooltip="Scroll the conversation up"),
-        Binding("pagedown", "scroll_transcript(1)", "Scroll down", id="chat.page_down", priority=True,
-                show=False, tooltip="Scroll the conversation down"),
-    ]
+    BINDINGS = CHAT_BINDINGS
 
     STORE_POLL_SECONDS = 3.0  # the store is shared with `chatglm ask` and other windows
+    # The prompt has the focus from the first frame: keys typed while a long chat opens go there, Enter included.
+    AUTO_FOCUS = "#prompt"
 
     def __init__(self, session: ChatSession, engine: Engine, model_label: tuple[str, str, str],
                  conversation_id: str | None = None, clock: Callable[[], float] = time.time) -> None:
@@ -92,10 +67,11 @@ class ChatScreen(Screen[None]):
         self.session, self.engine = session, engine
         self.model_label = model_label
         self.load_state, self.load_error = "loading", ""  # the model's, as the status bar shows it
-        self._budget_timer: Timer | None = None
         self.question_edit = QuestionEdit(self)
         self.reply_flow = ReplyFlow(self, engine, self.question_edit, partial(post_engine_event, self))
         self.conversation_actions = ConversationActions(self, self.reply_flow)
+        self.budget_count = BudgetCount(self, engine, self.reply_flow, self.question_edit,
+                                        lambda: self.query_one(BudgetMeter))
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="main"):
@@ -105,7 +81,7 @@ class ChatScreen(Screen[None]):
                 yield Conversation(id="conversation")
                 yield Static("", id="edit-banner")
                 yield PromptInput(id="prompt")
-                yield BudgetMeter(id="meter")
+                yield BudgetMeter(self.refresh_budget, id="meter")
         yield StatusBar(*self.model_label, id="status")
         yield Footer()
 
@@ -114,7 +90,6 @@ class ChatScreen(Screen[None]):
             self.session.open(self.initial_conversation)
         await self.show_branch()
         self.refresh_sidebar()
-        self.query_one(PromptInput).focus()
         self.set_interval(self.STORE_POLL_SECONDS, self.watch_store)
 
     # ---------------------------------------------------------------- the parts' state (the demo and tests read it)
@@ -178,11 +153,7 @@ class ChatScreen(Screen[None]):
         self.question_edit.end()
 
     def action_scroll_transcript(self, pages: int) -> None:
-        """Page through the transcript from anywhere, the prompt included (reading while typing)."""
-        if pages < 0:
-            self.conversation.scroll_page_up(animate=False)
-        else:
-            self.conversation.scroll_page_down(animate=False)
+        self.conversation.scroll_pages(pages)  # from anywhere, the prompt included (reading while typing)
 
     @on(Button.Pressed, "#show-earlier")
     async def show_earlier(self) -> None:
@@ -224,49 +195,46 @@ class ChatScreen(Screen[None]):
         await self.conversation_actions.open(conversation_id)
 
     def action_find_chat(self) -> None:
-        self.query_one("#sidebar").display = True
-        self.query_one("#conversation-filter", Input).focus()
+        self.query_one(Sidebar).find()
 
     def action_toggle_sidebar(self) -> None:
-        sidebar = self.query_one("#sidebar")
-        sidebar.display = not sidebar.display
+        self.query_one(Sidebar).toggle()
+
+    # ---------------------------------------------------------------- focus: Tab, and leaving a message
+
+    def focus_next(self, selector: object = "*") -> Widget | None:
+        return self.cycle_focus(1)
+
+    def focus_previous(self, selector: object = "*") -> Widget | None:
+        return self.cycle_focus(-1)
+
+    def cycle_focus(self, step: int) -> Widget:
+        """Tab / shift+tab go round the filter, the list and the prompt; shift+tab also stops at the last message
+        (↑/↓ then walk the messages), but Tab never walks through every message."""
+        views = self.conversation.views
+        ring: list[Widget | None] = [*self.query_one(Sidebar).focus_stops, None, self.prompt]  # None: the messages
+        focused = self.focused if self.focused in ring else None  # a message, "Show earlier" or nothing
+        index = (ring.index(focused) + step) % len(ring)
+        if ring[index] is None and (step > 0 or not views):
+            index = (index + step) % len(ring)
+        target = ring[index] or views[-1]
+        target.focus()
+        return target
+
+    @on(MessageView.Left)
+    def back_to_prompt(self, event: MessageView.Left) -> None:
+        self.prompt.focus()
+        if event.typed:
+            self.prompt.insert(event.typed)
 
     # ---------------------------------------------------------------- the context meter
 
     @on(PromptInput.Changed)
     def draft_changed(self) -> None:
-        if self._budget_timer is not None:
-            self._budget_timer.stop()
-        self._budget_timer = self.set_timer(BUDGET_DELAY, self.refresh_budget)
+        self.query_one(BudgetMeter).recount_soon()
 
     def refresh_budget(self) -> None:
-        """Recount the window for the branch, the instruction, the draft and the reply reserve (exact)."""
-        meter = self.query_one(BudgetMeter)
-        rounds, sources = self.session.history(before=self.editing)
-        pending = self.pending
-        if (pending is not None and self.editing is None and sources and sources[-1] == (pending.parent_id,)):
-            rounds[-1] = (rounds[-1][0], self.streamed)  # the round being answered, with the reply so far
-        try:
-            budget = self.engine.budget(rounds, self.prompt.text, self.session.instruction,
-                                        reserve=self.session.params.reply_reserve)
-        except ChatGLMError:  # no tokenizer yet (or ever, when the load failed)
-            meter.budget = None
-            meter.note = ("not counted: the model's tokenizer is not loaded" if self.load_state == "failed"
-                          else "counted once the tokenizer is loaded")
-            return
-        meter.budget = budget
-        left_out = {message_id for index in budget.dropped_rounds for message_id in sources[index]}
-        self.conversation.mark_left_out(left_out)
-
-    def prompt_fits(self) -> bool:
-        """Whether the prompt as it is now (not at the last typing pause) fits in the window; says if not."""
-        self.refresh_budget()
-        budget = self.query_one(BudgetMeter).budget
-        if budget is not None and not budget.fits:
-            self.notify("This message does not fit in the context window: shorten it, or lower the reply limit "
-                        "(F3).", severity="error")
-            return False
-        return True
+        self.budget_count.refresh()
 
     # ---------------------------------------------------------------- model loading
 
@@ -298,8 +266,19 @@ class ChatScreen(Screen[None]):
 
     @on(PromptInput.Submitted)
     async def send(self, event: PromptInput.Submitted) -> None:
-        if self.reply_flow.can_generate() and self.prompt_fits():
-            await self.reply_flow.send(event.text.strip("\n"))
+        if not self.reply_flow.can_generate():
+            return
+        text = event.text.strip("\n")
+        if self.budget_count.prompt_fits(offer_summary=self.editing is None):
+            await self.reply_flow.send(text)
+        elif self.editing is None:  # too long on its own: a document to summarize in parts, if the user wants
+            self.app.push_screen(ConfirmScreen("Too long for the window", self.budget_count.summary_offer(),
+                                               "Summarize", danger=False),
+                                 partial(self.summarize_draft, text))
+
+    async def summarize_draft(self, text: str, confirmed: bool | None) -> None:
+        if confirmed and self.reply_flow.can_generate():
+            await self.reply_flow.send(text, as_document=True)
 
     def on_reply_started(self, message: ReplyStarted) -> None:
         self.reply_flow.handle_started(message.event)
@@ -309,6 +288,7 @@ class ChatScreen(Screen[None]):
 
     async def on_reply_delta(self, message: ReplyDelta) -> None:
         await self.reply_flow.handle_delta(message.event)
+        self.query_one(BudgetMeter).recount_soon(throttle=True)  # the reply so far counts: the meter follows it
 
     async def on_reply_finished(self, message: ReplyFinished) -> None:
         await self.reply_flow.handle_finished(message.event)
@@ -323,7 +303,7 @@ class ChatScreen(Screen[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop":
             return self.pending is not None or self.editing is not None
-        if action == "regenerate":
+        if action in ("regenerate", "continue_reply"):
             return self.pending is None
         return True
 
@@ -339,6 +319,12 @@ class ChatScreen(Screen[None]):
 
     def action_edit_last(self) -> None:
         self.question_edit.edit_last()
+
+    async def action_continue_reply(self) -> None:
+        await self.reply_flow.continue_reply()
+
+    def action_attach_file(self) -> None:
+        self.conversation_actions.attach_file()
 
     # ---------------------------------------------------------------- a focused message's requests
 

@@ -10,6 +10,7 @@ from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, TextArea
 
+from chatglm_tui.config.keymap import default_keys
 from chatglm_tui.config.settings import ConfigError, Settings, apply_overrides
 from chatglm_tui.engine.protocol import GenerationParams
 from chatglm_tui.terminal.inert import inert
@@ -48,9 +49,13 @@ class ConversationSettingsScreen(ModalScreen[Choice | None]):
     """Instruction and sampling for this conversation; ctrl+s saves, Esc cancels."""
 
     BINDINGS = [
-        Binding("escape", "dismiss(None)", "Cancel", id="modal.cancel", tooltip="Close without saving"),
-        Binding("ctrl+s", "save", "Save", id="modal.save", priority=True, tooltip="Save these settings"),
+        Binding(default_keys("modal.cancel"), "dismiss(None)", "Cancel", id="modal.cancel",
+                tooltip="Close without saving"),
+        Binding(default_keys("modal.save"), "save", "Save", id="modal.save", priority=True,
+                tooltip="Save these settings"),
     ]
+    # The first field, so typing goes in at once (by default the scrolling dialog itself would take the focus).
+    AUTO_FOCUS = "#instruction"
 
     def __init__(self, params: GenerationParams, instruction: str | None, settings: Settings, title: str) -> None:
         super().__init__(classes="modal")
@@ -73,6 +78,10 @@ class ConversationSettingsScreen(ModalScreen[Choice | None]):
                 yield Button("Cancel", id="cancel")
                 yield Button("Save", id="save", variant="primary")
             yield Static("ctrl+s save · Esc cancel · Tab next field", classes="dialog-hint")
+
+    def on_mount(self) -> None:
+        instruction = self.query_one("#instruction", TextArea)
+        instruction.move_cursor(instruction.document.end)  # typing adds to the instruction, not before it
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "save":

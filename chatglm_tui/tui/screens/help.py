@@ -20,13 +20,19 @@ counts them with the model's own tokenizer, exactly as the model will see them:
 |---|---|
 | **history** | earlier rounds of this chat, with their `[Round N]` / `问：` / `答：` markers |
 | **instruction** | this chat's instruction (ChatGLM-6B has no system role: it is put before the first question) |
-| **draft** | what you are typing, updated as you type |
+| **draft** | what you are typing, updated as you type, with the 2 tokens (`[gMASK] <sop>`) that end every prompt |
 | **reply** | room kept for the answer: the reply limit in settings (F3) |
 
 It turns amber past 75% and red past 90%. When the chat no longer fits, the **oldest whole rounds are left
 out** of what the model reads: the meter says how many before you send, and those messages are marked
 *left out of the model's context* in the chat. Nothing is deleted: they stay saved, searchable and exported.
-Lower the reply limit or start a new chat (ctrl+n) to keep more history.
+Lower the reply limit or start a new chat (ctrl+n) to keep more history. Against a remote server whose tokenizer
+is not known here (`--endpoint`), the counts are estimates, marked ≈.
+
+A message too long for the window on its own (a pasted document, or a file attached with ctrl+f) is offered a
+**summary in parts**, as `chatglm ask` does: the parts are read in turn ("part 2 of 5 · about 40 s left"; Esc
+stops), the whole text is saved, and follow-up questions see its summary. A reply that the reply limit cut off
+is marked *cut off*: **F9 continues it** (a new version that goes on from where it stopped).
 
 ## Messages
 

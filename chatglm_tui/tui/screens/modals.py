@@ -46,9 +46,11 @@ class TextPromptScreen(ModalScreen[str | None]):
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="modal.cancel",
                         tooltip="Close without changing anything")]
 
-    def __init__(self, title: str, value: str = "", placeholder: str = "") -> None:
+    def __init__(self, title: str, value: str = "", placeholder: str = "",
+                 empty_message: str = "The title cannot be empty.") -> None:
         super().__init__(classes="modal")
         self.title_text, self.value, self.placeholder = title, value, placeholder
+        self.empty_message = empty_message
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -59,7 +61,7 @@ class TextPromptScreen(ModalScreen[str | None]):
     def on_input_submitted(self, event: InertInput.Submitted) -> None:
         text = clean_title(event.value)
         if not text:
-            self.notify("The title cannot be empty.", severity="warning")
+            self.notify(self.empty_message, severity="warning")
             return
         self.dismiss(text)
 

@@ -125,6 +125,13 @@ class Conversation(VerticalScroll, can_focus=False):
         self.anchor()
         return view
 
+    def scroll_pages(self, pages: int) -> None:
+        """Page up (pages < 0) or down, at once."""
+        if pages < 0:
+            self.scroll_page_up(animate=False)
+        else:
+            self.scroll_page_down(animate=False)
+
     @property
     def views(self) -> list[MessageView]:
         return list(self.query_children(MessageView))

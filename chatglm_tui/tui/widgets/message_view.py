@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message as TextualMessage
 from textual.widgets import Markdown, Static
 
+from chatglm_tui.config.keymap import default_keys
 from chatglm_tui.store import Message
 from chatglm_tui.terminal.inert import StreamingInert, inert
 from chatglm_tui.tui.inert_display import inert_content
@@ -35,19 +37,21 @@ class Versions:
 
 
 class MessageView(Vertical, can_focus=True):
-    """A user message or a reply; focus it (shift+tab from the prompt, then ↑/↓) to act on it."""
+    """A user message or a reply; focus it (shift+tab from the prompt, then ↑/↓) to act on it, Esc to go back."""
 
     BINDINGS = [
-        Binding("up", "neighbour(-1)", "Previous message", show=False, id="message.previous",
-                tooltip="Focus the message above"),
-        Binding("down", "neighbour(1)", "Next message", show=False, id="message.next",
+        Binding(default_keys("message.previous"), "neighbour(-1)", "Previous message", show=False,
+                id="message.previous", tooltip="Focus the message above"),
+        Binding(default_keys("message.next"), "neighbour(1)", "Next message", show=False, id="message.next",
                 tooltip="Focus the message below"),
-        Binding("y", "copy", "Copy", id="message.copy", tooltip="Copy this message's text"),
-        Binding("c", "copy_code", "Copy code", id="message.copy_code", tooltip="Copy a code block of this message"),
-        Binding("e", "edit", "Edit", id="message.edit", tooltip="Edit this question and send it as a new version"),
-        Binding("left,[", "version(-1)", "Older version", id="message.older_version",
+        Binding(default_keys("message.copy"), "copy", "Copy", id="message.copy", tooltip="Copy this message's text"),
+        Binding(default_keys("message.copy_code"), "copy_code", "Copy code", id="message.copy_code",
+                tooltip="Copy a code block of this message"),
+        Binding(default_keys("message.edit"), "edit", "Edit", id="message.edit",
+                tooltip="Edit this question and send it as a new version"),
+        Binding(default_keys("message.older_version"), "version(-1)", "Older version", id="message.older_version",
                 tooltip="Show the previous version of this message (and its branch)"),
-        Binding("right,]", "version(1)", "Newer version", id="message.newer_version",
+        Binding(default_keys("message.newer_version"), "version(1)", "Newer version", id="message.newer_version",
                 tooltip="Show the next version of this message (and its branch)"),
     ]
 
@@ -67,6 +71,13 @@ class MessageView(Vertical, can_focus=True):
     class VersionRequested(TextualMessage):
         view: MessageView
         step: int  # -1: the older version, +1: the newer one
+
+    @dataclass
+    class Left(TextualMessage):
+        """Esc, or a character typed that no key binding takes: back to the prompt, with the character."""
+
+        view: MessageView
+        typed: str | None
 
     def __init__(self, message: Message | None, *, role: str = "assistant", versions: Versions = Versions(),
                  left_out: bool = False) -> None:
@@ -99,6 +110,9 @@ class MessageView(Vertical, can_focus=True):
             header.append(f"  {self.note or 'writing…'}", style="italic")
         if self.message is not None and self.message.stopped:
             header.append("  ■ stopped", style="bold")
+        elif self.message is not None and self.message.stats.get("reason") == "length":
+            # It looks finished but is not: the reply limit ended it. F9 (chat.continue) goes on from here.
+            header.append("  ✂ cut off at the reply limit · F9 continues it", style="bold")
         if self.has_class("-left-out"):
             header.append("  ⊘ left out of the model's context", style="italic")
         stats = self.message.stats if self.message else {}
@@ -142,6 +156,16 @@ class MessageView(Vertical, can_focus=True):
         self.refresh_header()
 
     # ---------------------------------------------------------------- actions
+
+    def on_key(self, event: events.Key) -> None:
+        """Esc, or typing (a character no binding takes), leaves the message for the prompt: the text goes there."""
+        bound = self.screen.active_bindings.get(event.key)
+        if bound is not None and bound.node is self:
+            return  # this message's own key (y, c, e, ←/→ or what the keymap made them)
+        if event.key == "escape" or (event.is_printable and bound is None):
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.Left(self, None if event.key == "escape" else event.character))
 
     def action_neighbour(self, step: int) -> None:
         views = list(self.parent.query_children(MessageView)) if self.parent else []
