@@ -23,7 +23,7 @@ from chatglm_tui.engine.protocol import (
     ChunkProgress,
     GenerationFailed,
     GenerationFinished,
-    SamplingParams,
+    GenerationParams,
     SummarizeRequest,
 )
 from chatglm_tui.engine.worker import InferenceWorker
@@ -84,7 +84,7 @@ def main() -> None:
             done.set()
 
     start = time.perf_counter()
-    worker.submit(SummarizeRequest(text, params=SamplingParams(do_sample=False, max_new_tokens=args.reply_tokens)),
+    worker.submit(SummarizeRequest(text, params=GenerationParams(do_sample=False, max_new_tokens=args.reply_tokens)),
                   on_event)
     done.wait()
     total = time.perf_counter() - start

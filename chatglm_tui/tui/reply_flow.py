@@ -7,6 +7,8 @@ as `tui.messages` posted from the worker thread; it draws through the screen (`C
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from chatglm_tui.engine.protocol import (
     ChunkProgress,
     Engine,
@@ -83,22 +85,19 @@ class ReplyFlow:
 
     async def regenerate(self) -> None:
         """Answer the last question again; the old reply stays as a version."""
-        if not self.can_generate():
-            return
-        pending = self.session.regenerate()
-        if pending is None:
-            self.host.notify("There is no question to answer again yet.", severity="warning")
-            return
-        await self.host.show_branch()
-        await self.start(pending)
+        await self._new_version(self.session.regenerate, "There is no question to answer again yet.")
 
     async def continue_reply(self) -> None:
         """Continue the last reply (cut off at the reply limit, or stopped) as a new version that begins with it."""
+        await self._new_version(self.session.continue_reply, "There is no reply to continue yet.")
+
+    async def _new_version(self, request: Callable[[], PendingReply | None], nothing_to_do: str) -> None:
+        """Start a new version of the branch's last reply, as the session builds it (None: say `nothing_to_do`)."""
         if not self.can_generate():
             return
-        pending = self.session.continue_reply()
+        pending = request()
         if pending is None:
-            self.host.notify("There is no reply to continue yet.", severity="warning")
+            self.host.notify(nothing_to_do, severity="warning")
             return
         await self.host.show_branch()
         await self.start(pending)
