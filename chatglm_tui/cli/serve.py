@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from chatglm_tui.cli import options
+from chatglm_tui.cli.output import echo
 from chatglm_tui.errors import ChatGLMError
 
 if TYPE_CHECKING:
@@ -82,8 +83,8 @@ def run_server(settings: Settings, serve_options: ServeOptions) -> int:
                                        _saver(settings) if serve_options.save else None)
         app = make_server_app(engine, server_options)
         host, port = listener.getsockname()[:2]
-        print(f"chatglm serve: {name} at http://{_url_host(host)}:{port}/v1 (Ctrl+C stops)", file=sys.stderr,
-              flush=True)
+        # The name comes from --name or the model's path: written inert, like all text a user can choose.
+        echo(f"chatglm serve: {name} at http://{_url_host(host)}:{port}/v1 (Ctrl+C stops)", err=True)
         config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
         uvicorn.Server(config).run(sockets=[listener])
     finally:

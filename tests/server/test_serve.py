@@ -257,3 +257,8 @@ def test_a_final_assistant_message_is_continued(server, tiny_fp16):
         model="tiny-chatglm", temperature=0, max_tokens=8,
         messages=[{"role": "user", "content": "你好"}, {"role": "assistant", "content": cut}])
     assert cut + reply.choices[0].message.content == decoder.text  # only the new text comes back
+
+
+def test_the_served_name_is_printed_inert(start_server, fixture_dir, tmp_path):
+    running = start_server(fixture_dir / "fp16", tmp_path, "--name", "evil\x1b]0;owned\x07")
+    assert "\x1b" not in running.model and "\x07" not in running.model and "␛" in running.model
